@@ -1,0 +1,1 @@
+"""Inference: image loading, face detection, alignment and prediction."""

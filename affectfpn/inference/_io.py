@@ -1,0 +1,574 @@
+"""Turn whatever a user passes to ``predict`` into RGB ``uint8`` images.
+
+Accepted inputs (see :func:`load_image`): file paths, encoded bytes, binary file objects, PIL
+images, numpy arrays and torch tensors. :func:`iter_sources` expands directories, glob patterns,
+4-D batches and (lazily) any iterable of those into single inputs, each with a source name used
+in results and error messages.
+
+Colour rules, applied the same way to every kind of input:
+
+* Grey images are repeated into three channels.
+* Alpha is dropped, keeping the stored colour of every pixel that is at least partly visible
+  (PNG, WebP and TIFF keep straight, not premultiplied, colour, so those values are the photo's
+  own colours; compositing on black or white would tint soft edges). Pixels that are fully
+  transparent (alpha 0) become white: their stored colour is undefined and encoders fill it with
+  anything (black, a palette colour, leftovers of an edit).
+* 16-bit data (``uint16`` arrays, PIL modes ``I;16*``) is scaled from 0..65535 to 0..255. PIL
+  mode ``I`` (32-bit integers) is read as 8-bit when every value is within 0..255 (what
+  ``convert("I")`` of an 8-bit image gives), else as 16-bit, clipped to 0..65535.
+* Floats must lie in [0, 1] and are scaled by 255 (PIL mode ``F`` may also hold 0..255).
+* EXIF orientation is applied, so the image is upright as a photo viewer shows it.
+* Only the first frame of a multi-frame file (GIF, TIFF) is read.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import itertools
+import logging
+import os
+import struct
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from affectfpn.errors import InputError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "LoadedImage",
+    "array_to_rgb",
+    "is_image_path",
+    "iter_sources",
+    "list_images",
+    "load_image",
+]
+
+logger = logging.getLogger(__name__)
+
+#: File extensions (lower case) that directories and glob patterns are filtered by.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+)
+
+#: Largest image (width x height, as declared in the file header) that :func:`load_image`
+#: decodes; larger ones are refused before any pixel is decoded. Equal to Pillow's default
+#: ``Image.MAX_IMAGE_PIXELS`` (about 89.5 megapixels), so Pillow never warns about an image this
+#: module accepts. Pillow itself refuses files over twice its own limit at open time, whatever
+#: this value says.
+MAX_IMAGE_PIXELS: int = 89_478_485
+
+_GLOB_CHARS = ("*", "?", "[")
+_URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://")
+# What Pillow raises on data it cannot decode (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
+# Float values this far outside [0, 1] are treated as rounding noise and clipped.
+_FLOAT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """One decoded image.
+
+    Attributes:
+        rgb: ``H x W x 3`` ``uint8`` C-contiguous array in RGB order.
+        source: where the image came from: a path string, or a description such as
+            ``"<array 0>"`` or ``"<bytes>"``.
+    """
+
+    rgb: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        rgb = self.rgb
+        if (
+            not isinstance(rgb, np.ndarray)
+            or rgb.dtype != np.uint8
+            or rgb.ndim != 3
+            or rgb.shape[2] != 3
+            or not rgb.flags.c_contiguous
+        ):
+            raise InputError(
+                f"{self.source}: LoadedImage.rgb must be a C-contiguous H x W x 3 uint8 array; "
+                "build it with affectfpn.inference._io.load_image()"
+            )
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels."""
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels."""
+        return int(self.rgb.shape[1])
+
+
+def _fail(source: str, message: str) -> InputError:
+    return InputError(f"{source}: {message}")
+
+
+def _torch_module() -> Any:
+    # A tensor can only exist once torch is imported, so this never imports torch itself.
+    return sys.modules.get("torch")
+
+
+def _is_tensor(obj: object) -> bool:
+    torch = _torch_module()
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` has an image file extension (``IMAGE_EXTENSIONS``).
+
+    Only the name is looked at; the file need not exist.
+    """
+    return Path(os.fspath(path)).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _is_hidden(parts: Iterable[str]) -> bool:
+    return any(part.startswith(".") for part in parts)
+
+
+def list_images(directory: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """List the image files of a directory, sorted by path.
+
+    Args:
+        directory: the folder to list.
+        recursive: also list sub-folders.
+
+    Returns:
+        Files whose extension is in ``IMAGE_EXTENSIONS`` (case-insensitive). Hidden files and
+        folders (name starting with ``.``, e.g. macOS ``._photo.jpg`` resource forks) are skipped.
+    """
+    root = Path(directory)
+    candidates = root.rglob("*") if recursive else root.iterdir()
+    found = [
+        p
+        for p in candidates
+        if is_image_path(p) and not _is_hidden(p.relative_to(root).parts) and p.is_file()
+    ]
+    return sorted(found)
+
+
+def _default_name(obj: object, index: int | None) -> str:
+    suffix = "" if index is None else f" {index}"
+    if isinstance(obj, (str, os.PathLike)):
+        return str(os.fspath(obj))
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return f"<bytes{suffix}>"
+    if isinstance(obj, Image.Image):
+        return f"<PIL image{suffix}>"
+    if isinstance(obj, np.ndarray):
+        return f"<array{suffix}>"
+    if _is_tensor(obj):
+        return f"<tensor{suffix}>"
+    file_name = getattr(obj, "name", None)
+    if isinstance(file_name, str):
+        return file_name
+    return f"<file{suffix}>"
+
+
+def _is_single_input(obj: object) -> bool:
+    return (
+        isinstance(obj, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray))
+        or _is_tensor(obj)
+        or callable(getattr(obj, "read", None))
+    )
+
+
+def iter_sources(inputs: object, *, recursive: bool = False) -> Iterator[tuple[str, object]]:
+    """Expand one input or many into ``(source_name, single_input)`` pairs, lazily.
+
+    * a directory yields its image files (sorted; see :func:`list_images`);
+    * a string containing ``*``, ``?`` or ``[`` that is not an existing path is a glob pattern
+      and yields the matching image files, sorted (``**`` needs ``recursive=True``);
+    * a 4-D numpy array (``N x H x W x C``) or 4-D tensor (``N x C x H x W``) yields its N images;
+    * a list, tuple, generator or any other iterable yields the expansion of each item, one at a
+      time, so a generator of many inputs is never materialised;
+    * anything else accepted by :func:`load_image` is yielded as is.
+
+    Path names are the path string; other inputs are named by kind and position in the stream,
+    e.g. ``"<array 0>"``, ``"<tensor 3>"``, ``"<bytes 1>"``.
+
+    Args:
+        inputs: what the user passed.
+        recursive: descend into sub-folders of directories (and allow ``**`` in patterns).
+
+    Raises:
+        InputError: for a directory without images, a pattern with no match, or an object that
+            is no kind of image input (raised when the iteration reaches it).
+    """
+    counter = itertools.count()
+    yield from _expand(inputs, counter, recursive)
+
+
+def _expand(
+    obj: object, counter: itertools.count[int], recursive: bool
+) -> Iterator[tuple[str, object]]:
+    if isinstance(obj, (str, os.PathLike)):
+        for name, item in _expand_path(obj, recursive):
+            next(counter)
+            yield name, item
+    elif isinstance(obj, np.ndarray) and obj.ndim == 4:
+        for i in range(obj.shape[0]):
+            yield f"<array {next(counter)}>", obj[i]
+    elif _is_tensor(obj) and obj.ndim == 4:  # type: ignore[attr-defined]
+        for i in range(obj.shape[0]):  # type: ignore[attr-defined]
+            yield f"<tensor {next(counter)}>", obj[i]  # type: ignore[index]
+    elif _is_single_input(obj):
+        yield _default_name(obj, next(counter)), obj
+    elif isinstance(obj, Mapping):
+        raise InputError(
+            f"<{type(obj).__name__}>: a mapping is not an image input; pass its values "
+            "(e.g. list(d.values())) or a list of paths"
+        )
+    elif isinstance(obj, Iterable):
+        for item in obj:
+            yield from _expand(item, counter, recursive)
+    else:
+        raise InputError(
+            f"<{type(obj).__name__}>: not an image input; pass a file path, directory, glob "
+            "pattern, bytes, PIL image, numpy array, torch tensor, or a list of those"
+        )
+
+
+def _expand_path(obj: str | os.PathLike[Any], recursive: bool) -> Iterator[tuple[str, object]]:
+    raw = os.fspath(obj)
+    text = os.fsdecode(raw)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        files = list_images(path, recursive=recursive)
+        if not files:
+            raise InputError(
+                f"{text}: the directory holds no image files "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                + ("" if recursive else "; pass recursive=True to search sub-folders")
+            )
+        for f in files:
+            yield str(f), f
+    elif not path.exists() and any(ch in text for ch in _GLOB_CHARS):
+        pattern = os.path.expanduser(text)
+        matches = sorted(
+            m
+            for m in glob.iglob(pattern, recursive=recursive)
+            if is_image_path(m) and os.path.isfile(m)
+        )
+        if not matches:
+            raise InputError(
+                f"{text}: the glob pattern matches no image file "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}); check the pattern"
+            )
+        for m in matches:
+            yield m, Path(m)
+    else:
+        # Existence is checked by load_image, so the error names the file when it is read.
+        yield text, obj
+
+
+def load_image(
+    src: object,
+    *,
+    bgr: bool = False,
+    name: str | None = None,
+    max_pixels: int | None = None,
+) -> LoadedImage:
+    """Decode one image input into an RGB ``uint8`` array.
+
+    Args:
+        src: a file path (``str`` or ``os.PathLike``), encoded image bytes (``bytes``,
+            ``bytearray``, ``memoryview``), a binary file object, a ``PIL.Image.Image``, a numpy
+            array (``H x W``, ``H x W x 1``, ``H x W x 3`` RGB or ``H x W x 4`` RGBA; ``uint8``,
+            ``uint16``, ``bool``, other integers within 0..255, or floats in [0, 1]) or a torch
+            tensor (``C x H x W`` or ``1 x C x H x W`` with C in 1, 3, 4; same dtypes).
+        bgr: numpy arrays with 3 or 4 channels are in OpenCV's BGR / BGRA order. Other inputs are
+            always RGB.
+        name: the source name to report (default: the path, or a description such as
+            ``"<array>"``).
+        max_pixels: refuse encoded images whose header declares more pixels than this
+            (default: the module's ``MAX_IMAGE_PIXELS``, read at call time).
+
+    Returns:
+        The image and its source name. The array never shares memory with ``src``.
+
+    Raises:
+        InputError: missing, empty, truncated, corrupt or oversized files, data that is not an
+            image, and arrays/tensors with a wrong shape, dtype or value range. The message names
+            the input and the fix.
+    """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    source = name if name is not None else _default_name(src, None)
+
+    if isinstance(src, (str, os.PathLike)):
+        data = _read_path(src, source)
+        rgb = _decode_bytes(data, source, limit)
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        if not data:
+            raise _fail(source, "the byte string is empty; pass the encoded file's content")
+        rgb = _decode_bytes(data, source, limit)
+    elif isinstance(src, Image.Image):
+        rgb = _pil_image_to_rgb(src, source, limit)
+    elif isinstance(src, np.ndarray):
+        rgb = array_to_rgb(src, bgr=bgr, source=source)
+    elif _is_tensor(src):
+        rgb = _tensor_to_rgb(src, source)
+    elif callable(getattr(src, "read", None)):
+        content = src.read()  # type: ignore[attr-defined]
+        if not isinstance(content, (bytes, bytearray)):
+            raise _fail(source, "the file object returned text; open the file in binary mode 'rb'")
+        if not content:
+            raise _fail(source, "the file object is empty (or already read to its end)")
+        rgb = _decode_bytes(bytes(content), source, limit)
+    else:
+        raise _fail(
+            f"<{type(src).__name__}>" if name is None else source,
+            "not an image input; pass a file path, bytes, PIL image, numpy array (H x W x C) "
+            "or torch tensor (C x H x W)",
+        )
+    return LoadedImage(rgb=rgb, source=source)
+
+
+# --------------------------------------------------------------------------- encoded images
+
+
+def _read_path(src: str | os.PathLike[Any], source: str) -> bytes:
+    text = os.fsdecode(os.fspath(src))
+    if text.lower().startswith(_URL_PREFIXES):
+        raise _fail(source, "URLs are not downloaded; fetch the file first and pass its path")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise _fail(
+            source,
+            "is a directory, not an image file; pass it to predict() (or iter_sources()) "
+            "to read every image in it",
+        )
+    if not path.exists():
+        raise _fail(source, "no such file; check the path (relative paths start at the cwd)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _fail(source, f"cannot read the file ({exc}); check its permissions") from exc
+    if not data:
+        raise _fail(source, "the file is empty (0 bytes); re-export or re-download it")
+    return data
+
+
+def _check_pixels(size: tuple[int, int], source: str, limit: int | None) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise _fail(source, f"the image declares a size of {width}x{height} pixels (empty)")
+    if limit is not None and width * height > limit:
+        raise _fail(
+            source,
+            f"the image declares {width}x{height} = {width * height:,} pixels, more than the "
+            f"limit of {limit:,} (a possible decompression bomb); if you trust the file, pass "
+            "a larger max_pixels= or downscale it first",
+        )
+
+
+def _decode_bytes(data: bytes, source: str, limit: int | None) -> np.ndarray:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise _fail(
+            source,
+            f"refused by Pillow as a possible decompression bomb ({exc}); if you trust the "
+            "file, downscale it first",
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise _fail(
+            source,
+            "not an image file Pillow can read (unknown or unsupported format); check that it "
+            "is a JPEG, PNG, BMP, WebP, TIFF or GIF image",
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise _fail(source, f"corrupt image header ({exc}); re-export the file") from exc
+    with image:
+        return _pil_image_to_rgb(image, source, limit)
+
+
+def _pil_image_to_rgb(image: Image.Image, source: str, limit: int | None) -> np.ndarray:
+    _check_pixels(image.size, source, limit)
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise _fail(source, f"refused as a possible decompression bomb ({exc})") from exc
+    except _DECODE_ERRORS as exc:
+        raise _fail(
+            source,
+            f"the image data is truncated or corrupt ({exc}); re-export or re-download it",
+        ) from exc
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception as exc:  # a broken EXIF block must not lose an otherwise good image
+        logger.warning("%s: ignoring unreadable EXIF orientation (%s)", source, exc)
+        upright = image
+    return _pil_to_rgb(upright, source)
+
+
+def _pil_to_rgb(image: Image.Image, source: str) -> np.ndarray:
+    mode = image.mode
+    try:
+        if mode == "RGB" and "transparency" not in image.info:
+            return np.array(image, dtype=np.uint8, order="C")
+        if mode.startswith("I;16"):
+            return array_to_rgb(_scale_int_image(np.asarray(image)), source=source)
+        if mode == "I":
+            values = np.asarray(image)
+            if values.size and values.min() >= 0 and values.max() <= 255:
+                return array_to_rgb(values.astype(np.uint8), source=source)  # 8-bit data
+            return array_to_rgb(_scale_int_image(values), source=source)
+        if mode == "F":
+            values = np.asarray(image, dtype=np.float64)
+            if np.isfinite(values).all() and values.size and values.max() > 1.0:
+                values = np.clip(values, 0.0, 255.0) / 255.0  # an 8-bit range float image
+            return array_to_rgb(values, source=source)
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+            rgba = np.asarray(image.convert("RGBA"))
+            return _drop_alpha(rgba)
+        return np.array(image.convert("RGB"), dtype=np.uint8, order="C")
+    except InputError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise _fail(
+            source, f"cannot convert PIL mode {mode!r} to RGB ({exc}); convert it to RGB first"
+        ) from exc
+
+
+def _scale_int_image(values: np.ndarray) -> np.ndarray:
+    """16-bit data in an integer array (PIL modes I;16* and I) to uint8."""
+    wide = np.clip(values.astype(np.int64), 0, 65535)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _drop_alpha(rgba: np.ndarray) -> np.ndarray:
+    rgb = np.array(rgba[..., :3], dtype=np.uint8, order="C")
+    rgb[rgba[..., 3] == 0] = 255
+    return rgb
+
+
+# --------------------------------------------------------------------------- arrays, tensors
+
+
+def _to_uint8(values: np.ndarray, source: str) -> np.ndarray:
+    kind = values.dtype.kind
+    if values.dtype == np.uint8:
+        return values
+    if kind == "b":
+        return values.astype(np.uint8) * np.uint8(255)
+    if values.dtype == np.uint16:
+        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if kind == "f":
+        if not np.isfinite(values).all():
+            raise _fail(source, "the float image holds NaN or infinite values; clean it first")
+        low, high = float(values.min()), float(values.max())
+        if low < -_FLOAT_TOLERANCE or high > 1.0 + _FLOAT_TOLERANCE:
+            hint = (
+                "divide by 255"
+                if low >= 0 and high <= 255
+                else "rescale it, e.g. (x - min) / (max - min), or undo the normalisation"
+            )
+            raise _fail(
+                source,
+                f"float images must hold values in [0, 1], found [{low:.4g}, {high:.4g}]; "
+                f"{hint}, or pass a uint8 array",
+            )
+        return np.rint(np.clip(values.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if kind in "iu":
+        low_i, high_i = int(values.min()), int(values.max())
+        if low_i < 0 or high_i > 255:
+            raise _fail(
+                source,
+                f"{values.dtype} image values span [{low_i}, {high_i}]; integer images other "
+                "than uint16 must lie in 0..255 (convert 16-bit data to uint16 first)",
+            )
+        return values.astype(np.uint8)
+    raise _fail(
+        source,
+        f"unsupported dtype {values.dtype}; pass uint8, uint16, bool or float values in [0, 1]",
+    )
+
+
+def array_to_rgb(values: np.ndarray, *, bgr: bool = False, source: str = "<array>") -> np.ndarray:
+    """Convert an image array to a new ``H x W x 3`` ``uint8`` RGB array.
+
+    Args:
+        values: ``H x W``, ``H x W x 1``, ``H x W x 3`` or ``H x W x 4`` array (dtypes as in
+            :func:`load_image`).
+        bgr: 3/4-channel input is BGR / BGRA (OpenCV order).
+        source: name used in error messages.
+
+    Raises:
+        InputError: wrong number of dimensions or channels, zero size, bad dtype or range.
+    """
+    if not isinstance(values, np.ndarray):
+        raise _fail(source, f"expected a numpy array, got {type(values).__name__}")
+    shape = values.shape
+    if values.ndim == 4:
+        raise _fail(
+            source,
+            f"a 4-D array {shape} is a batch; pass it to predict() (or iter_sources()), or "
+            "index one image",
+        )
+    if values.ndim == 3 and shape[2] not in (1, 3, 4):
+        hint = (
+            "; it looks channels-first, use arr.transpose(1, 2, 0)" if shape[0] in (1, 3, 4) else ""
+        )
+        raise _fail(source, f"image arrays are H x W x C with C in 1, 3, 4, got {shape}{hint}")
+    if values.ndim not in (2, 3):
+        raise _fail(source, f"image arrays are H x W or H x W x C, got shape {shape}")
+    if values.size == 0:
+        raise _fail(source, f"the image is empty (shape {shape})")
+    pixels = _to_uint8(values, source)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    channels = pixels.shape[2]
+    if channels == 1:
+        rgb = np.repeat(pixels, 3, axis=2)
+    elif channels == 3:
+        rgb = pixels[:, :, ::-1] if bgr else pixels
+    else:
+        rgba = pixels[:, :, [2, 1, 0, 3]] if bgr else pixels
+        return _drop_alpha(rgba)
+    out = np.array(rgb, dtype=np.uint8, order="C", copy=True)
+    return out
+
+
+def _tensor_to_rgb(tensor: Any, source: str) -> np.ndarray:
+    torch = _torch_module()
+    shape = tuple(tensor.shape)
+    if tensor.ndim == 4:
+        if shape[0] != 1:
+            raise _fail(
+                source,
+                f"a tensor of shape {shape} is a batch of {shape[0]} images; pass it to "
+                "predict() (or iter_sources()), or index one image",
+            )
+        tensor = tensor[0]
+    if tensor.ndim == 3:
+        if tensor.shape[0] not in (1, 3, 4):
+            hint = (
+                "; it looks channels-last, use t.permute(2, 0, 1)"
+                if tensor.shape[-1] in (1, 3, 4)
+                else ""
+            )
+            raise _fail(source, f"image tensors are C x H x W with C in 1, 3, 4, got {shape}{hint}")
+    elif tensor.ndim != 2:
+        raise _fail(source, f"image tensors are C x H x W or 1 x C x H x W, got shape {shape}")
+    tensor = tensor.detach()
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
+        tensor = tensor.float()  # float16 / bfloat16 have no (or an inexact) numpy twin
+    if tensor.is_complex():
+        raise _fail(source, f"unsupported dtype {tensor.dtype}; pass uint8 or float in [0, 1]")
+    values = tensor.cpu().numpy()
+    if values.ndim == 3:
+        values = values.transpose(1, 2, 0)
+    return array_to_rgb(values, source=source)

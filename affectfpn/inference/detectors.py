@@ -1,0 +1,575 @@
+"""Face detection: the :class:`FaceDetector` protocol, YuNet, a Haar cascade fallback.
+
+Every detector takes an RGB ``uint8`` image and returns :class:`Detection` objects sorted by score,
+best first; an image without a face gives an empty list. Any object with a matching ``detect``
+method plugs in (see :class:`FaceDetector`).
+
+YuNet weights: ``YuNetDetector(model_path=...)`` uses a local ONNX file; without one it uses the
+file named by the environment variable ``AFFECTFPN_YUNET``, else downloads
+``face_detection_yunet_2023mar.onnx`` from the Hugging Face Hub repository
+``opencv/face_detection_yunet`` at the pinned revision ``YUNET_REVISION`` (cached by
+``huggingface_hub``; MIT licence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from affectfpn.errors import AffectFPNError, ConfigError, InputError, OfflineError, WeightsError
+from affectfpn.inference._io import array_to_rgb
+
+__all__ = [
+    "YUNET_ENV",
+    "YUNET_FILENAME",
+    "YUNET_REPO_ID",
+    "YUNET_REVISION",
+    "YUNET_SHA256",
+    "Detection",
+    "FaceDetector",
+    "HaarDetector",
+    "YuNetDetector",
+    "download_yunet",
+    "get_detector",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Hugging Face Hub repository holding YuNet (OpenCV Zoo mirror, MIT licence).
+YUNET_REPO_ID = "opencv/face_detection_yunet"
+#: The ONNX file used from that repository.
+YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
+#: Pinned commit of ``YUNET_REPO_ID``; the file is never taken from a moving branch.
+YUNET_REVISION = "3cc26e7f1014a5ee5d74a42acee58bafc9d0a310"
+#: SHA-256 of ``YUNET_FILENAME`` at ``YUNET_REVISION`` (232,589 bytes), checked after download.
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+#: Environment variable naming a local YuNet ONNX file, used when no ``model_path`` is given.
+YUNET_ENV = "AFFECTFPN_YUNET"
+
+_MIN_CV2 = (4, 8)
+_HAAR_FILENAME = "haarcascade_frontalface_default.xml"
+_DETECTOR_NAMES = ("auto", "yunet", "haar")
+_verified_downloads: set[str] = set()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One detected face.
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` in pixels of the image given to ``detect`` (x to the right,
+            y down), ``x1 <= x2`` and ``y1 <= y2``.
+        score: confidence, higher is better; the built-in detectors give values in (0, 1].
+        landmarks: ``5 x 2`` float32 ``(x, y)`` points in YuNet's order, or ``None``: the
+            subject's right eye, left eye, nose tip, right mouth corner, left mouth corner. For a
+            frontal upright face the subject's right eye and mouth corner are on the image's
+            *left* (smaller x). The array is read-only.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            box = tuple(float(v) for v in self.box)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"Detection.box must be 4 numbers (x1, y1, x2, y2), got {self.box!r}"
+            ) from exc
+        if len(box) != 4 or not all(math.isfinite(v) for v in box):
+            raise InputError(f"Detection.box must be 4 finite numbers (x1, y1, x2, y2), got {box}")
+        if box[2] < box[0] or box[3] < box[1]:
+            raise InputError(f"Detection.box needs x1 <= x2 and y1 <= y2, got {box}")
+        try:
+            score = float(self.score)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"Detection.score must be a number, got {self.score!r}") from exc
+        if not math.isfinite(score):
+            raise InputError(f"Detection.score must be finite, got {score}")
+        landmarks = self.landmarks
+        if landmarks is not None:
+            landmarks = np.array(landmarks, dtype=np.float32)
+            if landmarks.shape != (5, 2) or not np.isfinite(landmarks).all():
+                raise InputError(
+                    "Detection.landmarks must be a finite 5 x 2 array (right eye, left eye, nose "
+                    f"tip, right mouth corner, left mouth corner), got shape {landmarks.shape}"
+                )
+            landmarks.setflags(write=False)
+        object.__setattr__(self, "box", box)
+        object.__setattr__(self, "score", score)
+        object.__setattr__(self, "landmarks", landmarks)
+
+    @property
+    def width(self) -> float:
+        """Box width in pixels."""
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        """Box height in pixels."""
+        return self.box[3] - self.box[1]
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """Box centre ``(x, y)``."""
+        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (lists and floats), e.g. for JSON."""
+        return {
+            "box": list(self.box),
+            "score": self.score,
+            "landmarks": None if self.landmarks is None else self.landmarks.tolist(),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Detection):
+            return NotImplemented
+        if self.box != other.box or self.score != other.score:
+            return False
+        if self.landmarks is None or other.landmarks is None:
+            return self.landmarks is None and other.landmarks is None
+        return bool(np.array_equal(self.landmarks, other.landmarks))
+
+    def __hash__(self) -> int:
+        return hash((self.box, self.score))
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Anything with ``detect(rgb) -> list[Detection]`` is a face detector.
+
+    ``rgb`` is an ``H x W x 3`` ``uint8`` RGB array; the result is sorted by score, best first,
+    and is empty when there is no face.
+    """
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """Find the faces in ``rgb``."""
+        ...
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _cv2_version() -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", cv2.__version__)
+    if match is None:
+        return (0, 0)
+    return (int(match.group(1)), int(match.group(2)))
+
+
+def _require_cv2_for_yunet() -> None:
+    if _cv2_version() < _MIN_CV2 or not hasattr(cv2, "FaceDetectorYN"):
+        raise AffectFPNError(
+            f"YuNet needs OpenCV >= {_MIN_CV2[0]}.{_MIN_CV2[1]} with cv2.FaceDetectorYN, found "
+            f"OpenCV {cv2.__version__}: pip install -U 'opencv-python>=4.8' (or use "
+            "detector='haar')"
+        )
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    """Accept RGB uint8 as is, anything else :func:`array_to_rgb` accepts after conversion."""
+    if (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.size > 0
+    ):
+        return image
+    return array_to_rgb(image, source="<detector input>")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_download(path: Path) -> Path:
+    key = str(path)
+    if key not in _verified_downloads:
+        actual = _sha256(path)
+        if actual != YUNET_SHA256:
+            raise WeightsError(
+                f"{path}: SHA-256 {actual} does not match the pinned YuNet file "
+                f"({YUNET_REPO_ID}@{YUNET_REVISION}, {YUNET_SHA256}); delete the file to "
+                "download it again, or pass model_path= to a copy you trust"
+            )
+        _verified_downloads.add(key)
+    return path
+
+
+def _local_yunet() -> Path | None:
+    """The YuNet file available without network: ``AFFECTFPN_YUNET``, else the Hub cache."""
+    env = os.environ.get(YUNET_ENV, "").strip()
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise WeightsError(
+                f"{YUNET_ENV}={env!r} names no file; point it at a YuNet .onnx file or unset it"
+            )
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(YUNET_REPO_ID, YUNET_FILENAME, revision=YUNET_REVISION)
+    if isinstance(cached, str):
+        return _verify_download(Path(cached))
+    return None
+
+
+def download_yunet() -> Path:
+    """Return the local path of the pinned YuNet file, downloading it once if needed.
+
+    ``AFFECTFPN_YUNET`` wins when set. The download goes to the ``huggingface_hub`` cache and its
+    SHA-256 is checked.
+
+    Raises:
+        OfflineError: no network (or offline mode) and nothing cached.
+        WeightsError: the repository, revision or file is gone, or the checksum differs.
+    """
+    local = _local_yunet()
+    if local is not None:
+        return local
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{YUNET_FILENAME} from the Hugging Face Hub repo {YUNET_REPO_ID}@{YUNET_REVISION}"
+    fix = (
+        f"pass model_path= to a local copy of the YuNet .onnx file, set {YUNET_ENV}=<path>, "
+        "or run `affectfpn download` once while online"
+    )
+    try:
+        path = hf_hub_download(
+            YUNET_REPO_ID, YUNET_FILENAME, revision=YUNET_REVISION, library_name="affectfpn"
+        )
+    except LocalEntryNotFoundError as exc:  # network failure or HF_HUB_OFFLINE, nothing cached
+        raise OfflineError(f"cannot download {where}: offline and not cached; {fix}") from exc
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
+        raise WeightsError(f"cannot download {where}: {exc}; {fix}") from exc
+    except Exception as exc:  # connection resets, proxies, timeouts, HTTP 5xx
+        raise OfflineError(f"cannot download {where} ({type(exc).__name__}: {exc}); {fix}") from exc
+    return _verify_download(Path(path))
+
+
+# --------------------------------------------------------------------------- YuNet
+
+
+class YuNetDetector:
+    """YuNet face detector (OpenCV ``FaceDetectorYN``), with 5 landmarks per face.
+
+    Images whose longer side exceeds ``max_side`` are downscaled (area interpolation) before
+    detection, and boxes and landmarks are mapped back to the input's pixels: YuNet misses large
+    faces in big photos at full size. Detection is serialised with a lock, since the OpenCV
+    object is resized per image; one instance may be shared by threads.
+
+    Args:
+        model_path: a local YuNet ``.onnx`` file. ``None``: ``$AFFECTFPN_YUNET``, else the pinned
+            Hub file (see :func:`download_yunet`).
+        score_threshold: drop faces scoring lower (0..1).
+        nms_threshold: IoU above which overlapping boxes are merged (0..1).
+        top_k: keep at most this many candidates before non-maximum suppression.
+        max_side: longest image side fed to the network; ``None`` disables downscaling.
+
+    Raises:
+        AffectFPNError: OpenCV older than 4.8.
+        ConfigError: an argument out of range.
+        WeightsError: the model file is missing or OpenCV cannot load it.
+        OfflineError: the model must be downloaded and the network is off.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        max_side: int | None = 640,
+    ) -> None:
+        _require_cv2_for_yunet()
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {score_threshold}")
+        if not 0.0 < nms_threshold <= 1.0:
+            raise ConfigError(f"nms_threshold must be in (0, 1], got {nms_threshold}")
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        if max_side is not None and max_side < 32:
+            raise ConfigError(f"max_side must be >= 32 pixels or None, got {max_side}")
+        if model_path is not None:
+            path = Path(model_path).expanduser()
+            if not path.is_file():
+                raise WeightsError(
+                    f"{path}: no such YuNet model file; pass the path of a YuNet .onnx file "
+                    "(e.g. face_detection_yunet_2023mar.onnx) or model_path=None to download it"
+                )
+        else:
+            path = download_yunet()
+        self.model_path = path
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.top_k = int(top_k)
+        self.max_side = max_side
+        self._lock = threading.Lock()
+        self._net = self._load()
+        logger.info("YuNet face detector loaded from %s", path)
+
+    def _load(self) -> Any:
+        try:
+            return cv2.FaceDetectorYN.create(
+                str(self.model_path),
+                "",
+                (320, 320),
+                self.score_threshold,
+                self.nms_threshold,
+                self.top_k,
+            )
+        except cv2.error as exc:
+            raise WeightsError(
+                f"{self.model_path}: OpenCV {cv2.__version__} cannot load this file as a YuNet "
+                f"model ({str(exc).strip()}); pass a YuNet .onnx file such as {YUNET_FILENAME}"
+            ) from exc
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The OpenCV object and the lock cannot be pickled: rebuilt from the file on unpickling
+        # (e.g. in DataLoader workers).
+        return {k: v for k, v in self.__dict__.items() if k not in ("_net", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._net = self._load()
+
+    def __repr__(self) -> str:
+        return (
+            f"YuNetDetector(model_path={str(self.model_path)!r}, "
+            f"score_threshold={self.score_threshold}, nms_threshold={self.nms_threshold}, "
+            f"top_k={self.top_k}, max_side={self.max_side})"
+        )
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """Detect faces.
+
+        Args:
+            rgb: ``H x W x 3`` ``uint8`` RGB image (grey, RGBA and other arrays that
+                :func:`~affectfpn.inference._io.array_to_rgb` accepts are converted).
+
+        Returns:
+            Detections in ``rgb``'s pixel coordinates, best score first; boxes are clipped to
+            the image.
+        """
+        image = _as_rgb(rgb)
+        height, width = image.shape[:2]
+        net_w, net_h = width, height
+        if self.max_side is not None and max(width, height) > self.max_side:
+            factor = self.max_side / max(width, height)
+            net_w = max(1, round(width * factor))
+            net_h = max(1, round(height * factor))
+            image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_AREA)
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        with self._lock:
+            self._net.setInputSize((net_w, net_h))
+            _, faces = self._net.detect(bgr)
+        if faces is None or len(faces) == 0:
+            return []
+        sx, sy = width / net_w, height / net_h
+        detections = []
+        for row in np.asarray(faces, dtype=np.float64):
+            x, y, w, h = row[0:4]
+            x1 = min(max(x * sx, 0.0), float(width))
+            y1 = min(max(y * sy, 0.0), float(height))
+            x2 = min(max((x + w) * sx, 0.0), float(width))
+            y2 = min(max((y + h) * sy, 0.0), float(height))
+            if x2 <= x1 or y2 <= y1:
+                continue
+            landmarks = row[4:14].reshape(5, 2) * (sx, sy)
+            detections.append(
+                Detection(box=(x1, y1, x2, y2), score=float(row[14]), landmarks=landmarks)
+            )
+        detections.sort(key=lambda d: d.score, reverse=True)
+        return detections
+
+
+# --------------------------------------------------------------------------- Haar
+
+
+def _cascade_class() -> Any:
+    cls = getattr(cv2, "CascadeClassifier", None)
+    if cls is None:
+        raise AffectFPNError(
+            f"this OpenCV build ({cv2.__version__}) has no Haar cascades (cv2.CascadeClassifier "
+            "is gone from OpenCV 5); use the YuNet detector, or install 'opencv-python<5' for Haar"
+        )
+    return cls
+
+
+def _default_cascade() -> Path:
+    data = getattr(cv2, "data", None)
+    folder = getattr(data, "haarcascades", None)
+    if not folder or not Path(folder, _HAAR_FILENAME).is_file():
+        raise AffectFPNError(
+            f"this OpenCV build ({cv2.__version__}) ships no {_HAAR_FILENAME} "
+            "(cv2.data.haarcascades); pass cascade_path= to a copy of it, or use the YuNet "
+            "detector"
+        )
+    return Path(folder, _HAAR_FILENAME)
+
+
+class HaarDetector:
+    """OpenCV Haar cascade frontal-face detector: the fallback when YuNet is unavailable.
+
+    It finds upright frontal faces only and gives no landmarks (alignment falls back to a box
+    crop). Scores come from ``detectMultiScale3(..., outputRejectLevels=True)``: the level
+    weight ``w`` of each face (the margin of the cascade's last stage) squashed by the logistic
+    function, ``1 / (1 + exp(-w))``; where OpenCV returns no weights the score is 1.0.
+
+    Args:
+        scale_factor: image pyramid step (> 1).
+        min_neighbors: overlapping candidates needed to keep a face (higher: fewer false faces).
+        min_size: smallest face ``(width, height)`` in pixels.
+        cascade_path: cascade XML file; default ``cv2.data.haarcascades`` +
+            ``haarcascade_frontalface_default.xml``.
+
+    Raises:
+        AffectFPNError: the installed OpenCV has no Haar support (OpenCV 5 dropped
+            ``cv2.CascadeClassifier``), has no cascade file and none was given, or the file does
+            not load.
+    """
+
+    def __init__(
+        self,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_size: tuple[int, int] = (30, 30),
+        *,
+        cascade_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if scale_factor <= 1.0:
+            raise ConfigError(f"scale_factor must be > 1, got {scale_factor}")
+        if min_neighbors < 0:
+            raise ConfigError(f"min_neighbors must be >= 0, got {min_neighbors}")
+        cascade_class = _cascade_class()
+        path = _default_cascade() if cascade_path is None else Path(cascade_path).expanduser()
+        cascade = cascade_class(str(path)) if path.is_file() else None
+        if cascade is None or cascade.empty():
+            raise AffectFPNError(
+                f"{path}: cannot load the Haar cascade; pass cascade_path= to an OpenCV "
+                f"cascade XML such as {_HAAR_FILENAME}"
+            )
+        self.cascade_path = path
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self.min_size = (int(min_size[0]), int(min_size[1]))
+        self._cascade = cascade
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_cascade", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._cascade = _cascade_class()(str(self.cascade_path))
+
+    def __repr__(self) -> str:
+        return (
+            f"HaarDetector(scale_factor={self.scale_factor}, min_neighbors={self.min_neighbors}, "
+            f"min_size={self.min_size}, cascade_path={str(self.cascade_path)!r})"
+        )
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        """Detect faces (see the class docs for the score); landmarks are ``None``."""
+        image = _as_rgb(rgb)
+        grey = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))
+        with self._lock:
+            result = self._cascade.detectMultiScale3(
+                grey,
+                scaleFactor=self.scale_factor,
+                minNeighbors=self.min_neighbors,
+                minSize=self.min_size,
+                outputRejectLevels=True,
+            )
+        rects, _levels, weights = result
+        rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
+        weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+        detections = []
+        for i, (x, y, w, h) in enumerate(rects):
+            score = 1.0 / (1.0 + math.exp(-weights[i])) if i < len(weights) else 1.0
+            detections.append(Detection(box=(x, y, x + w, y + h), score=score))
+        detections.sort(key=lambda d: d.score, reverse=True)
+        return detections
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def get_detector(spec: object = "auto") -> FaceDetector:
+    """Build a face detector from a name, a model path, or return a detector object as is.
+
+    Args:
+        spec: ``"yunet"`` (local/cached/downloaded YuNet), ``"haar"`` (OpenCV cascade),
+            ``"auto"`` (YuNet when its weights are local or downloadable, else Haar; the choice
+            is logged), a path ending in ``.onnx`` (YuNet from that file), or any object with a
+            ``detect(rgb) -> list[Detection]`` method.
+
+    Raises:
+        ConfigError: ``spec`` is none of these.
+        OfflineError / WeightsError / AffectFPNError: the chosen detector cannot be built.
+    """
+    if isinstance(spec, (str, os.PathLike)):
+        text = os.fsdecode(os.fspath(spec))
+        key = text.strip().lower()
+        if key == "yunet":
+            return YuNetDetector()
+        if key == "haar":
+            return HaarDetector()
+        if key == "auto":
+            return _auto_detector()
+        if key.endswith(".onnx"):
+            return YuNetDetector(text)
+    elif not isinstance(spec, type) and isinstance(spec, FaceDetector):
+        return spec
+    names = ", ".join(repr(n) for n in _DETECTOR_NAMES)
+    raise ConfigError(
+        f"unknown face detector {spec!r}; use one of {names}, a path to a YuNet .onnx file, "
+        "or an object with a detect(rgb) -> list[Detection] method"
+    )
+
+
+def _auto_detector() -> FaceDetector:
+    try:
+        _require_cv2_for_yunet()
+        local = _local_yunet()
+        detector = YuNetDetector(local)  # None: download
+    except AffectFPNError as yunet_error:  # OfflineError, WeightsError, old OpenCV
+        try:
+            haar = HaarDetector()
+        except AffectFPNError as haar_error:
+            raise type(yunet_error)(
+                f"{yunet_error} (the Haar fallback is unavailable too: {haar_error})"
+            ) from yunet_error
+        logger.warning("face detector: Haar cascade, since YuNet is unavailable (%s)", yunet_error)
+        return haar
+    logger.info("face detector: YuNet from %s", detector.model_path)
+    return detector

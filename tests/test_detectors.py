@@ -1,0 +1,393 @@
+"""Tests of face detection (affectfpn.inference.detectors) on the real sample photos."""
+
+import hashlib
+import math
+import pickle
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hubserver import LocalHub, set_hf_offline
+
+from affectfpn.errors import AffectFPNError, ConfigError, InputError, OfflineError, WeightsError
+from affectfpn.inference import detectors
+from affectfpn.inference._io import load_image
+from affectfpn.inference.detectors import (
+    YUNET_ENV,
+    YUNET_FILENAME,
+    YUNET_REPO_ID,
+    Detection,
+    FaceDetector,
+    HaarDetector,
+    YuNetDetector,
+    download_yunet,
+    get_detector,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_yunet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(YUNET_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def yunet(yunet_path: Path) -> YuNetDetector:
+    return YuNetDetector(yunet_path)
+
+
+def _rgb(samples_dir: Path, name: str) -> np.ndarray:
+    return load_image(samples_dir / name).rgb
+
+
+def _haar_available() -> bool:
+    try:
+        HaarDetector()
+    except AffectFPNError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- YuNet on real photos
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    ("name", "faces"),
+    [
+        ("multi_face.jpg", 5),
+        ("single_face.jpg", 1),
+        ("free-mountain-vector-01.jpg", 0),
+        ("BWPictureHuman.jpg", 1),
+        ("Image_with_alpha.png", 1),
+    ],
+)
+def test_yunet_counts_faces_in_samples(
+    yunet: YuNetDetector, samples_dir: Path, name: str, faces: int
+) -> None:
+    rgb = _rgb(samples_dir, name)
+    assert rgb.ndim == 3
+    assert rgb.shape[2] == 3
+    found = yunet.detect(rgb)
+    assert len(found) == faces
+    height, width = rgb.shape[:2]
+    scores = [d.score for d in found]
+    assert scores == sorted(scores, reverse=True)
+    for det in found:
+        assert 0.6 <= det.score <= 1.0
+        x1, y1, x2, y2 = det.box
+        assert 0 <= x1 < x2 <= width
+        assert 0 <= y1 < y2 <= height
+        assert det.landmarks is not None
+        # landmarks lie in (or very near) their own box
+        slack = 0.2 * max(det.width, det.height)
+        assert (det.landmarks[:, 0] > x1 - slack).all()
+        assert (det.landmarks[:, 0] < x2 + slack).all()
+        assert (det.landmarks[:, 1] > y1 - slack).all()
+        assert (det.landmarks[:, 1] < y2 + slack).all()
+
+
+@pytest.mark.shared
+def test_large_photo_needs_downscaling(yunet_path: Path, samples_dir: Path) -> None:
+    rgb = _rgb(samples_dir, "BWPictureHuman.jpg")
+    assert max(rgb.shape) > 2000
+    assert YuNetDetector(yunet_path, max_side=None).detect(rgb) == []
+    found = YuNetDetector(yunet_path, max_side=640).detect(rgb)
+    assert len(found) == 1
+    assert found[0].width > 100  # mapped back to the full-size photo, not the 640 px copy
+
+
+@pytest.mark.shared
+def test_landmark_order_is_the_documented_one(yunet: YuNetDetector, samples_dir: Path) -> None:
+    (face,) = yunet.detect(_rgb(samples_dir, "single_face.jpg"))
+    assert face.landmarks is not None
+    right_eye, left_eye, nose, right_mouth, left_mouth = face.landmarks
+    assert right_eye[0] < nose[0] < left_eye[0]  # subject's right eye on the image's left
+    assert right_mouth[0] < left_mouth[0]
+    assert max(right_eye[1], left_eye[1]) < nose[1] < min(right_mouth[1], left_mouth[1])
+
+
+@pytest.mark.shared
+def test_boxes_map_back_from_the_downscaled_copy(yunet: YuNetDetector, samples_dir: Path) -> None:
+    rgb = _rgb(samples_dir, "single_face.jpg")
+    assert max(rgb.shape[:2]) <= 640
+    (small,) = yunet.detect(rgb)
+    big_rgb = cv2.resize(rgb, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_LINEAR)
+    (big,) = yunet.detect(big_rgb)  # downscaled internally to 640 px, mapped back
+    tolerance = 0.05 * small.width * 2
+    np.testing.assert_allclose(np.array(big.box), 2 * np.array(small.box), atol=tolerance)
+    assert big.landmarks is not None
+    assert small.landmarks is not None
+    np.testing.assert_allclose(big.landmarks, 2 * small.landmarks, atol=tolerance)
+
+
+@pytest.mark.shared
+def test_grey_and_odd_sized_inputs(yunet: YuNetDetector, samples_dir: Path) -> None:
+    grey = cv2.cvtColor(_rgb(samples_dir, "single_face.jpg"), cv2.COLOR_RGB2GRAY)
+    assert len(yunet.detect(grey)) == 1
+    for shape in [(1, 1, 3), (7, 13, 3), (31, 1, 3)]:
+        assert yunet.detect(np.zeros(shape, np.uint8)) == []
+
+
+@pytest.mark.shared
+def test_one_detector_is_safe_across_threads(yunet: YuNetDetector, samples_dir: Path) -> None:
+    images = [
+        _rgb(samples_dir, "single_face.jpg"),
+        _rgb(samples_dir, "multi_face.jpg"),
+        _rgb(samples_dir, "free-mountain-vector-01.jpg")[::3, ::3],
+    ]
+    expected = [yunet.detect(img) for img in images]
+    results: dict[int, list[list[Detection]]] = {i: [] for i in range(len(images))}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(3):
+                results[i].append(yunet.detect(images[i]))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, runs in results.items():
+        assert all(run == expected[i] for run in runs)
+
+
+@pytest.mark.shared
+def test_yunet_survives_pickling(yunet: YuNetDetector, samples_dir: Path) -> None:
+    clone = pickle.loads(pickle.dumps(yunet))
+    assert clone is not yunet
+    assert clone.model_path == yunet.model_path
+    assert clone.max_side == yunet.max_side
+    rgb = _rgb(samples_dir, "multi_face.jpg")
+    assert clone.detect(rgb) == yunet.detect(rgb)
+
+
+def test_yunet_argument_and_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="no such YuNet model file"):
+        YuNetDetector(tmp_path / "missing.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    with pytest.raises(WeightsError, match=r"junk\.onnx"):
+        YuNetDetector(junk)
+    with pytest.raises(ConfigError, match="score_threshold"):
+        YuNetDetector(junk, score_threshold=1.5)
+    with pytest.raises(ConfigError, match="max_side"):
+        YuNetDetector(junk, max_side=8)
+
+
+def test_old_opencv_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(cv2, "__version__", "4.5.4")
+    with pytest.raises(AffectFPNError, match=r"OpenCV >= 4\.8.*4\.5\.4"):
+        YuNetDetector(tmp_path / "any.onnx")
+
+
+# --------------------------------------------------------------------------- weights resolution
+
+
+@pytest.mark.shared
+def test_env_variable_names_the_model(monkeypatch: pytest.MonkeyPatch, yunet_path: Path) -> None:
+    monkeypatch.setenv(YUNET_ENV, str(yunet_path))
+    assert download_yunet() == yunet_path
+    assert YuNetDetector().model_path == yunet_path
+    for spec in ("yunet", "auto", "YuNet"):
+        detector = get_detector(spec)
+        assert isinstance(detector, YuNetDetector)
+        assert detector.model_path == yunet_path
+    monkeypatch.setenv(YUNET_ENV, str(yunet_path.parent / "nope.onnx"))
+    with pytest.raises(WeightsError, match=YUNET_ENV):
+        YuNetDetector()
+
+
+@pytest.fixture
+def pinned_hub(local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch, yunet_path: Path) -> LocalHub:
+    """The local Hub serving the shared YuNet file as the pinned revision."""
+    data = yunet_path.read_bytes()
+    commit = local_hub.add_file(YUNET_REPO_ID, YUNET_FILENAME, data)
+    monkeypatch.setattr(detectors, "YUNET_REVISION", commit)
+    monkeypatch.setattr(detectors, "YUNET_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(detectors, "_verified_downloads", set())
+    return local_hub
+
+
+@pytest.mark.shared
+def test_download_from_the_hub_then_offline_from_cache(
+    pinned_hub: LocalHub,
+    monkeypatch: pytest.MonkeyPatch,
+    yunet_path: Path,
+) -> None:
+    path = download_yunet()
+    assert path.read_bytes() == yunet_path.read_bytes()
+    assert any(detectors.YUNET_REVISION in r for r in pinned_hub.requests)
+    assert len(get_detector("auto").detect(np.zeros((64, 64, 3), np.uint8))) == 0
+    set_hf_offline(monkeypatch, True)
+    pinned_hub.reset_requests()
+    assert download_yunet() == path
+    assert isinstance(YuNetDetector(), YuNetDetector)
+    assert pinned_hub.request_count == 0
+
+
+@pytest.mark.shared
+def test_offline_without_cache_names_the_repo_and_fix(
+    pinned_hub: LocalHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_hf_offline(monkeypatch, True)
+    with pytest.raises(OfflineError) as info:
+        YuNetDetector()
+    message = str(info.value)
+    assert YUNET_REPO_ID in message
+    assert "model_path=" in message
+    assert "affectfpn download" in message
+
+
+@pytest.mark.shared
+def test_hub_outage_is_an_offline_error(pinned_hub: LocalHub) -> None:
+    pinned_hub.set_down(True, "refuse")
+    with pytest.raises(OfflineError, match=YUNET_REPO_ID):
+        download_yunet()
+
+
+@pytest.mark.shared
+def test_checksum_and_revision_are_enforced(
+    pinned_hub: LocalHub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(detectors, "YUNET_SHA256", "0" * 64)
+    with pytest.raises(WeightsError, match="SHA-256"):
+        download_yunet()
+    monkeypatch.setattr(detectors, "YUNET_REVISION", "f" * 40)
+    with pytest.raises(WeightsError) as info:
+        download_yunet()
+    assert not isinstance(info.value, OfflineError)
+
+
+# --------------------------------------------------------------------------- Haar
+
+
+def test_missing_haar_support_is_a_clear_error() -> None:
+    if _haar_available():
+        pytest.skip("this OpenCV build has Haar cascades")
+    with pytest.raises(AffectFPNError, match=r"Haar|haarcascade") as info:
+        HaarDetector()
+    assert "YuNet" in str(info.value)
+
+
+@pytest.mark.shared
+def test_haar_finds_the_single_face(samples_dir: Path) -> None:
+    if not _haar_available():
+        pytest.skip(f"OpenCV {cv2.__version__} has no Haar cascade (cv2.CascadeClassifier / data)")
+    found = HaarDetector().detect(_rgb(samples_dir, "single_face.jpg"))
+    assert len(found) >= 1
+    assert all(0 < d.score <= 1 for d in found)
+    assert all(d.landmarks is None for d in found)
+
+
+def test_haar_scores_squash_level_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    class FakeCascade:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def empty(self) -> bool:
+            return False
+
+        def detectMultiScale3(self, grey: np.ndarray, **kwargs: object) -> tuple:
+            assert grey.ndim == 2
+            assert kwargs["outputRejectLevels"] is True
+            rects = np.array([[10, 20, 30, 40], [0, 0, 5, 5]])
+            return rects, np.array([25, 25]), np.array([-1.0, 2.0])
+
+    monkeypatch.setattr(detectors, "_cascade_class", lambda: FakeCascade)
+    xml = tmp_path / "cascade.xml"
+    xml.write_text("<opencv_storage/>")
+    found = HaarDetector(cascade_path=xml).detect(np.zeros((50, 60, 3), np.uint8))
+    assert [d.box for d in found] == [(0.0, 0.0, 5.0, 5.0), (10.0, 20.0, 40.0, 60.0)]
+    assert found[0].score == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert found[1].score == pytest.approx(1 / (1 + math.exp(1.0)))
+    with pytest.raises(AffectFPNError, match="cannot load"):
+        HaarDetector(cascade_path=tmp_path / "missing.xml")
+
+
+def test_auto_falls_back_to_haar_or_explains(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline() -> Path:
+        raise OfflineError(f"cannot download from {YUNET_REPO_ID}: offline")
+
+    monkeypatch.setattr(detectors, "_local_yunet", lambda: None)
+    monkeypatch.setattr(detectors, "download_yunet", offline)
+    if _haar_available():
+        assert isinstance(get_detector("auto"), HaarDetector)
+    else:
+        with pytest.raises(OfflineError, match="Haar fallback is unavailable"):
+            get_detector("auto")
+
+
+# --------------------------------------------------------------------------- protocol, factory
+
+
+class _FixedDetector:
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        return [Detection(box=(0, 0, w, h), score=0.5)]
+
+
+def test_custom_detector_plugs_in() -> None:
+    mine = _FixedDetector()
+    assert isinstance(mine, FaceDetector)
+    assert get_detector(mine) is mine
+    (face,) = get_detector(mine).detect(np.zeros((4, 6, 3), np.uint8))
+    assert face.box == (0.0, 0.0, 6.0, 4.0)
+
+
+@pytest.mark.parametrize("spec", ["retinaface", "", 3, None, _FixedDetector])
+def test_unknown_specs_list_the_options(spec: object) -> None:
+    with pytest.raises(ConfigError, match="'auto', 'yunet', 'haar'"):
+        get_detector(spec)
+
+
+@pytest.mark.shared
+def test_onnx_path_spec(yunet_path: Path) -> None:
+    for spec in (yunet_path, str(yunet_path)):
+        detector = get_detector(spec)
+        assert isinstance(detector, YuNetDetector)
+        assert detector.model_path == yunet_path
+
+
+# --------------------------------------------------------------------------- Detection
+
+
+def test_detection_validates_and_normalises() -> None:
+    marks = np.arange(10, dtype=np.float64).reshape(5, 2)
+    det = Detection(box=(1, 2, 3, 4), score=np.float32(0.5), landmarks=marks)  # type: ignore[arg-type]
+    assert det.box == (1.0, 2.0, 3.0, 4.0)
+    assert isinstance(det.score, float)
+    assert det.landmarks is not None
+    assert det.landmarks.dtype == np.float32
+    assert not det.landmarks.flags.writeable
+    marks[0, 0] = 99  # the detection holds its own copy
+    assert det.landmarks[0, 0] == 0
+    assert det == Detection((1, 2, 3, 4), 0.5, np.arange(10).reshape(5, 2))
+    assert det != Detection((1, 2, 3, 4), 0.5, None)
+    assert hash(det) == hash(Detection((1, 2, 3, 4), 0.5))
+    assert (det.width, det.height, det.center) == (2.0, 2.0, (2.0, 3.0))
+    assert det.to_dict()["landmarks"][4] == [8.0, 9.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"box": (5, 0, 1, 1), "score": 1.0}, "x1 <= x2"),
+        ({"box": (0, 0, 1), "score": 1.0}, "4 finite"),
+        ({"box": (0, 0, float("nan"), 1), "score": 1.0}, "4 finite"),
+        ({"box": "abcd", "score": 1.0}, "4 numbers"),
+        ({"box": (0, 0, 1, 1), "score": float("nan")}, "finite"),
+        ({"box": (0, 0, 1, 1), "score": 1.0, "landmarks": np.zeros((4, 2))}, "5 x 2"),
+    ],
+)
+def test_detection_rejects_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        Detection(**kwargs)
