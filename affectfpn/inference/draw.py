@@ -1,0 +1,249 @@
+"""Draw an :class:`~affectfpn.inference.results.ImagePrediction` on its image.
+
+Results never draw themselves; :func:`draw` is a function beside them. It returns a new RGB image
+with, for each face, its box, a label block (expression and probability, valence and arousal, the
+active action units) on a dark background, and the landmarks as small dots.
+"""
+
+import os
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from affectfpn.errors import InputError
+from affectfpn.inference.results import FacePrediction, ImagePrediction
+
+__all__ = ["draw"]
+
+#: Colours (RGB) given to faces by ``face_id`` when no colour is passed; a track keeps its colour.
+_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0, 200, 83),
+    (41, 121, 255),
+    (255, 145, 0),
+    (213, 0, 249),
+    (0, 184, 212),
+    (255, 23, 68),
+    (174, 234, 0),
+    (255, 214, 0),
+)
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_TEXT_COLOR = (255, 255, 255)
+_BACKGROUND = (20, 20, 20)
+_BACKGROUND_ALPHA = 0.75
+_LANDMARK_COLOR = (255, 60, 60)
+
+ImageLike = np.ndarray | Image.Image | str | os.PathLike[str]
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """Upright (EXIF orientation applied, as ``predict`` loads images) RGB copy of a PIL image."""
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block: draw on the image as stored
+        upright = image
+    return np.array(upright.convert("RGB"), dtype=np.uint8, order="C")
+
+
+def _to_rgb_array(image: ImageLike) -> np.ndarray:
+    """Return a new, writable, contiguous H x W x 3 uint8 RGB copy of ``image``."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as opened:
+                return _pil_to_rgb(opened)
+        except OSError as error:
+            raise InputError(f"cannot read image {os.fspath(image)!r}: {error}") from None
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(
+                f"image array must be H x W x 3 uint8 RGB, got shape {image.shape} and dtype "
+                f"{image.dtype}; convert it (e.g. PIL.Image.fromarray(a).convert('RGB'))"
+            )
+        return np.array(image, dtype=np.uint8, order="C", copy=True)
+    raise InputError(
+        f"image must be an RGB numpy array, a PIL image or a path, got {type(image).__name__}"
+    )
+
+
+def _face_lines(
+    face: FacePrediction, show_id: bool, show_aus: bool, max_width: int, font_scale: float, th: int
+) -> list[str]:
+    """The text lines of one face's label block; the AU list wraps to fit ``max_width``."""
+    lines: list[str] = []
+    first = f"#{face.face_id}" if show_id else ""
+    if face.expression is not None:
+        first = f"{first} {face.expression.label} {face.expression.score:.2f}".strip()
+    if first:
+        lines.append(first)
+    if face.va is not None:
+        lines.append(f"V {face.va.valence:+.2f} A {face.va.arousal:+.2f}")
+    if show_aus and face.aus is not None:
+        words = list(face.aus.active) or ["no active AU"]
+        line = ""
+        for word in words:
+            candidate = f"{line} {word}".strip()
+            width = cv2.getTextSize(candidate, _FONT, font_scale, th)[0][0]
+            if width > max_width and line:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def _blend_rect(canvas: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> None:
+    """Darken ``canvas[y1:y2, x1:x2]`` towards the background colour, in place."""
+    region = canvas[y1:y2, x1:x2]
+    if region.size == 0:
+        return
+    background = np.array(_BACKGROUND, dtype=np.float32)
+    blended = region.astype(np.float32) * (1.0 - _BACKGROUND_ALPHA) + background * _BACKGROUND_ALPHA
+    region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def _draw_label(
+    canvas: np.ndarray,
+    lines: Sequence[str],
+    anchor: tuple[int, int, int, int],
+    font_scale: float,
+    text_thickness: int,
+    color: tuple[int, int, int],
+    thickness: int,
+) -> None:
+    """Draw a text block beside a box ``anchor`` (x1, y1, x2, y2), kept inside the image.
+
+    The block goes above the box if it fits there, else below it, else inside its top edge; it is
+    shifted horizontally into the image, and the font shrinks if the block is wider than the image.
+    """
+    if not lines:
+        return
+    height, width = canvas.shape[:2]
+    stripe = max(2, thickness)  # a coloured stripe on the left ties the block to its box
+    scale = font_scale
+    while True:
+        sizes = [cv2.getTextSize(line, _FONT, scale, text_thickness) for line in lines]
+        pad = max(2, round(4 * scale))
+        line_h = max(h + base for (_, h), base in sizes) + pad
+        block_w = max(w for (w, _), _ in sizes) + 2 * pad + stripe
+        block_h = line_h * len(lines) + pad
+        if (block_w <= width and block_h <= height) or scale <= 0.2:
+            break
+        scale *= 0.85
+        text_thickness = min(text_thickness, max(1, round(scale * 1.6)))
+
+    x1, y1, _, y2 = anchor
+    if y1 - block_h >= 0:
+        top = y1 - block_h
+    elif y2 + block_h <= height:
+        top = y2
+    else:
+        top = max(0, y1)
+    top = min(top, max(0, height - block_h))
+    left = min(max(0, x1), max(0, width - block_w))
+
+    _blend_rect(canvas, left, top, min(width, left + block_w), min(height, top + block_h))
+    canvas[top : min(height, top + block_h), left : min(width, left + stripe)] = color
+    for i, ((_, h), _base) in enumerate(sizes):
+        baseline_y = top + pad + i * line_h + h
+        cv2.putText(
+            canvas,
+            lines[i],
+            (left + stripe + pad, baseline_y),
+            _FONT,
+            scale,
+            _TEXT_COLOR,
+            text_thickness,
+            cv2.LINE_AA,
+        )
+
+
+def _pixel(value: float, limit: int) -> int:
+    """Round a coordinate to a pixel index inside ``[0, limit - 1]``."""
+    return int(min(max(round(value), 0), limit - 1))
+
+
+def draw(
+    image: ImageLike,
+    prediction: ImagePrediction,
+    *,
+    thickness: int | None = None,
+    font_scale: float | None = None,
+    show_aus: bool = True,
+    color: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Draw a prediction on a copy of its image.
+
+    For each face: its box, a label block with the expression and its probability, ``V +0.42 A
+    -0.10`` (valence, arousal) and the active AUs, and the landmarks as small dots. Parts the model
+    did not predict are left out. The face id is shown when the image has several faces. Sizes
+    grow with the image; text stays inside the image, white on a dark background.
+
+    Args:
+        image: The image the prediction was made on: an H x W x 3 uint8 RGB array, a PIL image
+            (any mode, converted to RGB) or a path that PIL can open. PIL images and files are
+            turned upright by their EXIF orientation, as ``predict`` does. Never modified.
+        prediction: The prediction for this image; its ``width`` and ``height`` must match.
+        thickness: Box line thickness in pixels (default: grows with the image size).
+        font_scale: OpenCV font scale of the labels (default: grows with the image size).
+        show_aus: Whether to list the active action units.
+        color: One RGB colour for every box; default: a colour per ``face_id`` (stable across
+            the frames of a video when ids are track ids).
+
+    Returns:
+        A new H x W x 3 uint8 RGB array.
+
+    Raises:
+        InputError: If the image cannot be read or its size differs from the prediction's.
+    """
+    if not isinstance(prediction, ImagePrediction):
+        raise InputError(f"prediction must be an ImagePrediction, got {type(prediction).__name__}")
+    canvas = _to_rgb_array(image)
+    height, width = canvas.shape[:2]
+    if (width, height) != (prediction.width, prediction.height):
+        raise InputError(
+            f"the image is {width}x{height} but the prediction was made on a "
+            f"{prediction.width}x{prediction.height} image ({prediction.source!r}); draw on the "
+            "image that was given to predict"
+        )
+    if color is not None:
+        if len(color) != 3 or not all(isinstance(c, (int, np.integer)) for c in color):
+            raise InputError(f"color must be an (R, G, B) tuple of ints, got {color!r}")
+        color = (int(color[0]), int(color[1]), int(color[2]))
+
+    short_side = min(width, height)
+    if thickness is None:
+        thickness = max(1, round(short_side / 300))
+    if thickness < 1:
+        raise InputError(f"thickness must be >= 1, got {thickness}")
+    if font_scale is None:
+        font_scale = max(0.35, short_side / 900)
+    if font_scale <= 0:
+        raise InputError(f"font_scale must be > 0, got {font_scale}")
+    text_thickness = max(1, round(font_scale * 1.6))
+    show_id = len(prediction) > 1
+
+    for face in prediction:
+        face_color = color if color is not None else _PALETTE[face.face_id % len(_PALETTE)]
+        if face.box is not None:
+            x1, y1 = _pixel(face.box[0], width), _pixel(face.box[1], height)
+            x2, y2 = _pixel(face.box[2], width), _pixel(face.box[3], height)
+            cv2.rectangle(canvas, (x1, y1), (x2, y2), face_color, thickness, cv2.LINE_8)
+            anchor = (x1, y1, x2, y2)
+        else:
+            anchor = (0, 0, 0, 0)
+        if face.landmarks is not None:
+            radius = max(1, thickness)
+            for lx, ly in face.landmarks:
+                if 0 <= lx < width and 0 <= ly < height:
+                    center = (round(lx), round(ly))
+                    cv2.circle(canvas, center, radius + 1, _BACKGROUND, -1, cv2.LINE_AA)
+                    cv2.circle(canvas, center, radius, _LANDMARK_COLOR, -1, cv2.LINE_AA)
+        max_text_width = max(1, int(width * 0.9))
+        lines = _face_lines(face, show_id, show_aus, max_text_width, font_scale, text_thickness)
+        _draw_label(canvas, lines, anchor, font_scale, text_thickness, face_color, thickness)
+    return canvas
