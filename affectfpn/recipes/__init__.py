@@ -1,0 +1,1 @@
+"""Training recipes: datasets, the trainer and the paper's teacher-student pipeline."""

@@ -1,0 +1,627 @@
+"""The training loop: plain PyTorch, one or many processes, CPU or CUDA.
+
+* Each epoch draws a fresh random fraction of the training set (the paper's 25 %), split across
+  distributed ranks without overlap.
+* Randomness is derived from ``(seed, epoch)``, so an epoch replays identically; together with a
+  checkpoint written atomically at the end of every epoch, a run killed at any moment and resumed
+  ends with the same weights as a run never interrupted (on the CPU; CUDA kernels may differ in
+  the last bits unless ``deterministic`` is set).
+* On CUDA: mixed precision (bf16, or fp16 with a gradient scaler), channels_last, pinned memory.
+* Only rank 0 writes files: ``last.pt`` (resumable checkpoint, read back with
+  ``torch.load(weights_only=True)``), ``best/`` (a Hub-ready folder of the best epoch by the
+  validation score), ``metrics.jsonl`` and ``metrics.csv`` (one row per epoch).
+"""
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from affectfpn._device import resolve_device
+from affectfpn.errors import ConfigError
+from affectfpn.metrics import MultiTaskMeter
+from affectfpn.models.affectfpn import AffectFPN
+from affectfpn.preprocess import normalize
+from affectfpn.recipes.augment import BatchAugment
+from affectfpn.recipes.losses import multitask_loss
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings of one training stage (one table of a recipe file).
+
+    The defaults are the paper's student settings (Adam, learning rate 1e-3, batch 128, 20
+    epochs), with a cosine schedule.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    epoch_fraction: float = 1.0
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {"va": 1.0, "expression": 1.0, "au": 1.0}
+    )
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: str = "auto"
+    channels_last: bool = True
+    num_workers: int = 2
+    pin_memory: bool | None = None
+    seed: int = 0
+    deterministic: bool = False
+    select_metric: str = "score"
+    eval_every: int = 1
+    device: str = "auto"
+    progress: bool = True
+    max_steps_per_epoch: int | None = None
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ConfigError(f"train.optimizer {self.optimizer!r} is not adam, adamw or sgd")
+        if self.schedule not in ("cosine", "constant", "step"):
+            raise ConfigError(f"train.schedule {self.schedule!r} is not cosine, constant or step")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"train.amp {self.amp!r} is not auto, bf16, fp16 or off")
+        if not 0 < self.epoch_fraction <= 1:
+            raise ConfigError("train.epoch_fraction must be in (0, 1]")
+        for name in ("epochs", "batch_size", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"train.{name} must be at least 1")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be positive")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "train") -> "TrainSettings":
+        """Build from a recipe table; an unknown key is an error naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
+        return cls(**dict(data))
+
+
+# ------------------------------------------------------------------------------ distribution
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a distributed run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group that ``torchrun`` describes in the environment (if any).
+
+    NCCL on CUDA, gloo on the CPU. A single process returns the trivial :class:`DistInfo`.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+class EpochFractionSampler(Sampler[int]):
+    """Each epoch, a fresh random ``fraction`` of the dataset, split across ranks.
+
+    The permutation depends only on ``(seed, epoch)``; rank ``r`` of ``w`` takes every ``w``-th
+    index of the epoch's sample starting at ``r``, so ranks never overlap and together see each
+    drawn sample exactly once (the sample is trimmed to a multiple of ``w``).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        fraction: float = 1.0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ) -> None:
+        if size <= 0:
+            raise ConfigError("the training dataset is empty")
+        self.size = size
+        self.fraction = fraction
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_indices(self) -> list[int]:
+        """All ranks' indices for this epoch, before splitting."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 1))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        count = max(self.world_size, round(self.size * self.fraction))
+        count -= count % self.world_size
+        return order[:count]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices()[self.rank :: self.world_size])
+
+    def __len__(self) -> int:
+        count = max(self.world_size, round(self.size * self.fraction))
+        return (count - count % self.world_size) // self.world_size
+
+
+def _mix(*values: int) -> int:
+    """A deterministic 63-bit seed from several integers."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % (2**32)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+# ------------------------------------------------------------------------------ the trainer
+class Trainer:
+    """Train an :class:`~affectfpn.AffectFPN` on a dataset of training samples.
+
+    Args:
+        model: The model to train (its ``config.tasks`` decide which losses apply).
+        train_set: A dataset of training-sample dicts (see :mod:`affectfpn.recipes.datasets`).
+        val_set: Optional validation dataset, scored with the ABAW2 metrics every epoch.
+        settings: Optimisation settings.
+        output_dir: Folder for checkpoints, the best model and metric logs.
+        model_card: Metadata for the card saved with the best model.
+        augment: Batch augmentation applied to training batches on the device (the datasets then
+            only need to deliver face crops at the model's input size).
+    """
+
+    def __init__(
+        self,
+        model: AffectFPN,
+        train_set: Dataset[dict[str, Any]],
+        *,
+        val_set: Dataset[dict[str, Any]] | None = None,
+        settings: TrainSettings | None = None,
+        output_dir: str | Path,
+        model_card: dict[str, Any] | None = None,
+        augment: BatchAugment | None = None,
+    ) -> None:
+        self.settings = settings or TrainSettings()
+        self.augment = augment
+        self._aug_generator = torch.Generator()
+        self.output_dir = Path(output_dir)
+        self.model_card = dict(model_card or {})
+        s = self.settings
+        if s.num_threads is not None:
+            torch.set_num_threads(s.num_threads)
+        requested = resolve_device(s.device)
+        self.dist = init_distributed(requested.type)
+        if requested.type == "cuda" and self.dist.world_size > 1:
+            requested = torch.device("cuda", self.dist.local_rank)
+        self.device = requested
+        if s.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        self.ddp_model: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+        self.train_set = train_set
+        self.val_set = val_set
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
+        )
+        self.sampler = EpochFractionSampler(
+            len(train_set),  # type: ignore[arg-type]
+            fraction=s.epoch_fraction,
+            seed=s.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        self.steps_per_epoch = math.ceil(len(self.sampler) / s.batch_size)
+        if s.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, s.max_steps_per_epoch)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.epoch = 0
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup helpers
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.settings.amp
+        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        if amp == "fp16":
+            return torch.float16
+        if amp == "bf16":
+            return torch.bfloat16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        s = self.settings
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": s.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if s.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
+        if s.optimizer == "adamw":
+            return torch.optim.AdamW(groups, lr=s.lr)
+        return torch.optim.Adam(groups, lr=s.lr)
+
+    def _lr_factor(self, step: int) -> float:
+        s = self.settings
+        total = max(1, s.epochs * self.steps_per_epoch)
+        warmup = int(s.warmup_epochs * self.steps_per_epoch)
+        if step < warmup:
+            return (step + 1) / warmup
+        if s.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if s.schedule == "step":
+            return 0.1 ** int(progress * 3)  # /10 after a third and two thirds of the run
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _loader(self, dataset: Dataset[Any], sampler: Sampler[int], seed: int) -> DataLoader[Any]:
+        s = self.settings
+        pin = s.pin_memory if s.pin_memory is not None else self.device.type == "cuda"
+        return DataLoader(
+            dataset,
+            batch_size=s.batch_size,
+            sampler=sampler,
+            num_workers=s.num_workers,
+            pin_memory=pin,
+            drop_last=False,
+            persistent_workers=False,
+            worker_init_fn=_seed_worker,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def _to_device(self, batch: Mapping[str, Any], *, train: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in batch.items():
+            out[k] = v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        image = out["image"]
+        if image.dtype == torch.uint8:
+            image = image.float().div_(255.0)
+        if train and self.augment is not None:
+            image = self.augment(image, self._aug_generator)
+        out["image"] = normalize(image, self.model.config).contiguous(
+            memory_format=self.memory_format
+        )
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        """Write ``last.pt`` atomically (rank 0 only)."""
+        if not self.dist.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "history": json.dumps(self.history),
+            "config": json.dumps(self.model.config.to_dict()),
+            "settings": json.dumps(dataclasses.asdict(self.settings)),
+        }
+        tmp = self.checkpoint_path.with_name(f".{CHECKPOINT_NAME}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.checkpoint_path)
+        _fsync_dir(self.output_dir)
+
+    def load_checkpoint(self, path: str | Path | None = None) -> bool:
+        """Resume from ``last.pt`` if it exists; returns whether it did."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path}: checkpoint format {state.get('format')} not understood")
+        saved_config = json.loads(state["config"])
+        if saved_config != self.model.config.to_dict():
+            raise ConfigError(
+                f"{path}: this checkpoint was written for another model configuration; "
+                "use a new output folder or the same recipe"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.history = json.loads(state["history"])
+        logger.info("resumed from %s at epoch %d", path, self.epoch)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, *, resume: bool = True) -> dict[str, Any]:
+        """Train for ``settings.epochs`` epochs (continuing from ``last.pt`` when ``resume``).
+
+        Returns a summary: best epoch, best validation score and the last epoch's metrics.
+        """
+        if resume:
+            self.load_checkpoint()
+        s = self.settings
+        while self.epoch < s.epochs:
+            record = self.train_one_epoch(self.epoch)
+            if self.val_set is not None and (
+                (self.epoch + 1) % s.eval_every == 0 or self.epoch + 1 == s.epochs
+            ):
+                metrics = self.evaluate(self.val_set)
+                record["val"] = metrics
+                score = select_score(metrics, s.select_metric)
+                record["val_score"] = score
+                if score > self.best_score:
+                    self.best_score, self.best_epoch = score, self.epoch
+                    self._save_best(metrics)
+            elif self.val_set is None:
+                self.best_epoch = self.epoch
+                self._save_best({})
+            self.epoch += 1
+            self.history.append(record)
+            self._log(record)
+            self.save_checkpoint()
+        if self.dist.world_size > 1:
+            dist.barrier()
+        return {
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "history": self.history,
+            "output_dir": str(self.output_dir),
+        }
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over this epoch's fraction of the training set."""
+        s = self.settings
+        seed = _mix(s.seed, epoch, 2)
+        seed_everything(_mix(seed, self.dist.rank))
+        self._aug_generator.manual_seed(_mix(seed, self.dist.rank, 4))
+        self.sampler.set_epoch(epoch)
+        loader = self._loader(self.train_set, self.sampler, seed=_mix(seed, self.dist.rank, 3))
+        self.ddp_model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        start = time.perf_counter()
+        bar = _progress(
+            loader,
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{s.epochs}",
+            enabled=s.progress and self.dist.is_main,
+        )
+        for step, batch in enumerate(bar):
+            if step >= self.steps_per_epoch:
+                break
+            batch = self._to_device(batch, train=True)
+            with self._autocast():
+                output = self.ddp_model(batch["image"])
+            loss, parts = multitask_loss(
+                output, batch, weights=s.task_weights, label_smoothing=s.label_smoothing
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if s.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            n = int(batch["image"].shape[0])
+            count += n
+            for k, v in {"loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            if hasattr(bar, "set_postfix") and step % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+        elapsed = time.perf_counter() - start
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_samples": count * self.dist.world_size,
+            "train_seconds": round(elapsed, 2),
+            "images_per_second": round(count * self.dist.world_size / max(elapsed, 1e-9), 2),
+        }
+        for name, total in sums.items():
+            record[f"train_{name}"] = total / max(count, 1)
+        return record
+
+    @torch.inference_mode()
+    def evaluate(self, dataset: Dataset[dict[str, Any]]) -> dict[str, Any]:
+        """Score the model on ``dataset`` (split across ranks, merged) with the ABAW2 metrics."""
+        self.model.eval()
+        size = len(dataset)  # type: ignore[arg-type]
+        indices = list(range(self.dist.rank, size, self.dist.world_size))
+        loader = self._loader(dataset, _ListSampler(indices), seed=0)
+        meter = MultiTaskMeter(self.model.config.tasks, au_from_logits=True)
+        for batch in _progress(loader, total=len(loader), desc="validation", enabled=False):
+            batch = self._to_device(batch)
+            with self._autocast():
+                output = self.model(batch["image"])
+            output = type(output)(*(None if t is None else t.float() for t in output))
+            meter.update(output, batch)
+        if self.dist.world_size > 1:
+            for m in meter.meters.values():
+                m.sync()
+        return {task: values for task, values in meter.compute().items()}
+
+    def _save_best(self, metrics: Mapping[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        card = dict(self.model_card)
+        if metrics:
+            flat = {
+                f"{task}/{k}": v
+                for task, values in metrics.items()
+                for k, v in values.items()
+                if isinstance(v, int | float)
+            }
+            card.setdefault("metrics", {})
+            card["metrics"] = {**card["metrics"], "validation": flat}
+        self.model.save_pretrained(self.output_dir / "best", model_card=card)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        flat = _flatten(record)
+        path = self.output_dir / "metrics.csv"
+        rows = []
+        if path.exists():
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        rows.append({k: str(v) for k, v in flat.items()})
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        summary = {k: v for k, v in flat.items() if not isinstance(v, list)}
+        logger.info("epoch %s: %s", record["epoch"], summary)
+
+
+class _ListSampler(Sampler[int]):
+    def __init__(self, indices: Sequence[int]) -> None:
+        self.indices = list(indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def select_score(metrics: Mapping[str, Mapping[str, Any]], name: str) -> float:
+    """The validation figure that chooses the best epoch.
+
+    ``"score"`` sums the ABAW2 scores of every task scored (the challenge's overall score);
+    ``"task/metric"`` (e.g. ``"expression/accuracy"``) picks one figure.
+    """
+    if name == "score":
+        return float(sum(float(values["score"]) for values in metrics.values()))
+    task, _, key = name.partition("/")
+    try:
+        return float(metrics[task][key])
+    except KeyError:
+        raise ConfigError(
+            f"train.select_metric {name!r} is not among the validation metrics"
+        ) from None
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _progress(iterable: Any, *, total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
