@@ -34,9 +34,17 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
 # ----------------------------------------------------------------------------------- saving
 def save_pretrained(
-    model: "AffectFPN", save_directory: str | Path, *, model_card: dict[str, Any] | None = None
+    model: "AffectFPN",
+    save_directory: str | Path,
+    *,
+    model_card: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``save_directory``."""
+    """Write ``config.json``, ``model.safetensors`` and ``README.md`` into ``save_directory``.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors at that precision; loading
+    casts them back to the model's precision.
+    """
     from safetensors.torch import save_file
 
     from affectfpn._modelcard import render_model_card
@@ -44,6 +52,8 @@ def save_pretrained(
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     _atomic_write(
         folder / WEIGHTS_NAME,
         lambda tmp: save_file(
@@ -90,7 +100,9 @@ def load_pretrained(
         if info.source == "package":
             folder = registry.package_weights_dir(info)
             _verify_sha256(folder / WEIGHTS_NAME, info.sha256, what=f"embedded model {info.name!r}")
-            return load_folder(cls, folder, source=f"embedded model {info.name!r}")
+            return _named(
+                load_folder(cls, folder, source=f"embedded model {info.name!r}"), info.name
+            )
         folder = download(
             info.location,
             revision=revision or info.revision,
@@ -98,10 +110,11 @@ def load_pretrained(
             local_files_only=local_files_only,
             token=token,
         )
-        return load_folder(cls, folder, source=f"{info.location}@{revision or info.revision}")
+        model = load_folder(cls, folder, source=f"{info.location}@{revision or info.revision}")
+        return _named(model, info.name, folder.name)
     path = Path(name_or_path)
     if path.is_dir():
-        return load_folder(cls, path, source=str(path))
+        return _named(load_folder(cls, path, source=str(path)), str(path))
     if path.is_file():
         raise WeightsError(
             f"{path} is a file: pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}"
@@ -115,11 +128,18 @@ def load_pretrained(
             local_files_only=local_files_only,
             token=token,
         )
-        return load_folder(cls, folder, source=f"{text}@{revision or 'main'}")
+        model = load_folder(cls, folder, source=f"{text}@{revision or 'main'}")
+        return _named(model, text, folder.name)
     raise WeightsError(
         f"{text!r} is not a registered model ({', '.join(registry.model_names()) or 'none'}), "
         "an existing folder, or a Hub repo id like 'user/model'"
     )
+
+
+def _named(model: "AffectFPN", name: str, revision: str | None = None) -> "AffectFPN":
+    model.name_or_path = name
+    model.revision = revision
+    return model
 
 
 def load_folder(cls: "type[AffectFPN]", folder: Path, *, source: str) -> "AffectFPN":

@@ -83,12 +83,12 @@ class AffectFPNConfig:
             if isinstance(value, str) or not hasattr(value, "__iter__"):
                 raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
             object.__setattr__(self, name, tuple(value))
-        if self.backbone not in BACKBONE_CHANNELS:
+        if not isinstance(self.backbone, str) or self.backbone not in BACKBONE_CHANNELS:
             raise ConfigError(
                 f"config field 'backbone': unknown backbone {self.backbone!r}; "
                 f"choose one of {sorted(BACKBONE_CHANNELS)}"
             )
-        if self.neck not in NECKS:
+        if not isinstance(self.neck, str) or self.neck not in NECKS:
             raise ConfigError(f"config field 'neck': {self.neck!r} is not one of {list(NECKS)}")
         _check_int("fpn_width", self.fpn_width, low=1)
         _check_int("trainable_layers", self.trainable_layers, low=0, high=5)
@@ -97,7 +97,7 @@ class AffectFPNConfig:
                 raise ConfigError(f"config field {name!r} must be true or false")
         if not self.tasks:
             raise ConfigError(f"config field 'tasks' must name at least one of {list(TASKS)}")
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in self.tasks if not isinstance(t, str) or t not in TASKS]
         if unknown or len(set(self.tasks)) != len(self.tasks):
             raise ConfigError(
                 f"config field 'tasks': {list(self.tasks)} must be distinct names "
@@ -112,7 +112,8 @@ class AffectFPNConfig:
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) != 3 or not all(
-                isinstance(v, int | float) and math.isfinite(v) for v in values
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values
             ):
                 raise ConfigError(f"config field {name!r} must be 3 finite numbers (RGB)")
             object.__setattr__(self, name, tuple(float(v) for v in values))
@@ -196,8 +197,8 @@ class AffectFPNConfig:
         """Build from a dict such as a parsed ``config.json``.
 
         Unknown keys written by a newer affectfpn are kept (and written back) but ignored, so that
-        older releases still load newer files; a missing or malformed field is a
-        :class:`~affectfpn.errors.ConfigError` naming it and ``source``.
+        older releases still load newer files; a missing field takes its default; a malformed
+        field is a :class:`~affectfpn.errors.ConfigError` naming it and ``source``.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")

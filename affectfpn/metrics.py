@@ -40,12 +40,11 @@ confusion counts for F1), can be merged, saved (``state_dict``) and summed over
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, Self, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from typing_extensions import Self
 
 from affectfpn.errors import InputError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS, VA_NAMES

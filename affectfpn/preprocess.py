@@ -47,10 +47,22 @@ def normalize(
     return (x - mean) / std
 
 
+class FaceToTensor:
+    """Resize an RGB face crop to a model's input size and return a uint8 ``3 x H x W`` tensor.
+
+    A class rather than a closure so that data-loader workers can pickle it.
+    """
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return pil_to_tensor(resize_face(image.convert("RGB"), self.size))
+
+    def __repr__(self) -> str:
+        return f"FaceToTensor(size={self.size})"
+
+
 def eval_transform(config: AffectFPNConfig) -> Callable[[Image.Image], torch.Tensor]:
     """The evaluation transform: resize to the model's input size, to a uint8 tensor."""
-
-    def transform(image: Image.Image) -> torch.Tensor:
-        return pil_to_tensor(resize_face(image.convert("RGB"), config.input_size))
-
-    return transform
+    return FaceToTensor(config.input_size)

@@ -1,5 +1,6 @@
 """Backbones that return the C2..C5 feature maps (strides 4, 8, 16, 32) of torchvision models."""
 
+import functools
 import itertools
 import logging
 import socket
@@ -40,6 +41,13 @@ class Backbone(nn.Module):
         self.name = name
         self.out_channels = BACKBONE_CHANNELS[name]
         norm_layer: Callable[..., nn.Module] = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+        if name == "mobilenet_v3_large":
+            # torchvision builds this model with BatchNorm eps=0.001, momentum=0.01.
+            norm_layer = (
+                functools.partial(FrozenBatchNorm2d, eps=0.001)
+                if frozen_bn
+                else functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+            )
         stages: list[nn.Module]
         if name.startswith("resnet"):
             net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
@@ -106,6 +114,19 @@ class Backbone(nn.Module):
                 f"backbone weights for {self.name} lack {len(missing)} tensors, e.g. "
                 f"{[mapping[k] for k in missing[:5]]}: are they torchvision {self.name} weights?"
             )
+        wanted = set(mapping.values())
+        unexpected = [
+            k
+            for k in state
+            if k not in wanted
+            and not k.startswith(("fc.", "classifier."))
+            and not k.endswith("num_batches_tracked")
+        ]
+        if unexpected:
+            raise WeightsError(
+                f"backbone weights hold {len(unexpected)} tensors that torchvision's {self.name} "
+                f"lacks, e.g. {unexpected[:5]}: are they weights of another model?"
+            )
         new = {k: state[src] for k, src in mapping.items() if src in state}
         for k, v in new.items():
             if v.shape != own[k].shape:
@@ -132,9 +153,13 @@ def load_backbone_weights(backbone: Backbone, weights: str | Path) -> None:
                 f"backbone weights {str(weights)!r}: not 'imagenet' and not an existing file"
             )
         if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            try:
+                state = load_file(str(path))
+            except (SafetensorError, OSError) as err:
+                raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
         else:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)

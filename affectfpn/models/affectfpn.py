@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from affectfpn.config import AffectFPNConfig
-from affectfpn.errors import ConfigError
+from affectfpn.errors import ConfigError, InputError
 from affectfpn.models._backbones import Backbone, load_backbone_weights
 from affectfpn.models._fpn import FeaturePyramid
 
@@ -63,6 +63,10 @@ class AffectFPN(nn.Module):
         if not isinstance(config, AffectFPNConfig):
             raise ConfigError(f"AffectFPN expects an AffectFPNConfig, got {type(config).__name__}")
         self.config = config
+        #: Where the weights came from (registry name, folder or Hub repo id), set by loading.
+        self.name_or_path: str | None = None
+        #: The Hub commit the weights came from, when they came from the Hub.
+        self.revision: str | None = None
         self.backbone = Backbone(
             config.backbone, frozen_bn=config.frozen_bn, trainable_layers=config.trainable_layers
         )
@@ -100,8 +104,8 @@ class AffectFPN(nn.Module):
     def forward(self, x: torch.Tensor) -> AffectFPNOutput:
         """Run the model on a normalised ``N x 3 x H x W`` batch."""
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(
-                f"AffectFPN expects an N x 3 x H x W tensor, got shape {tuple(x.shape)}"
+            raise InputError(
+                f"AffectFPN expects a normalised N x 3 x H x W tensor, got shape {tuple(x.shape)}"
             )
         z = self.dropout(self.features(x))
         va = self.heads["va"](z).tanh() if "va" in self.heads else None
@@ -139,6 +143,7 @@ class AffectFPN(nn.Module):
         *,
         model_card: dict[str, Any] | None = None,
         safe_serialization: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> Path:
         """Write ``config.json``, ``model.safetensors`` and a model card ``README.md``.
 
@@ -148,12 +153,14 @@ class AffectFPN(nn.Module):
                 (``{dataset: {metric: value}}``), ``license``, ``datasets``, ``recipe``,
                 ``training``, ``limitations``.
             safe_serialization: Must be ``True``: affectfpn writes safetensors only.
+            dtype: Store floating-point tensors at this precision (e.g. ``torch.float16`` halves
+                the file); they are cast back to the model's precision on loading.
         """
         from affectfpn._hub import save_pretrained
 
         if not safe_serialization:
             raise ConfigError("affectfpn writes safetensors only (safe_serialization=True)")
-        return save_pretrained(self, save_directory, model_card=model_card)
+        return save_pretrained(self, save_directory, model_card=model_card, dtype=dtype)
 
     @classmethod
     def from_pretrained(
