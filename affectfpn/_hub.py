@@ -29,6 +29,9 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 LIBRARY_NAME = "affectfpn"
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
 
@@ -75,6 +78,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

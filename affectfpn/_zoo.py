@@ -32,7 +32,8 @@ def model_info_from_dict(data: dict[str, object], *, source: str) -> tuple[Model
         raise ConfigError(f"{source}: {err}") from None
 
 
-def _embedded_models() -> list[tuple[ModelInfo, bool]]:
+def embedded_models() -> list[tuple[ModelInfo, bool]]:
+    """``(info, is_default)`` for every model folder under ``affectfpn/weights``."""
     root = Path(str(resources.files("affectfpn") / "weights"))
     found: list[tuple[ModelInfo, bool]] = []
     if not root.is_dir():
@@ -42,6 +43,3 @@ def _embedded_models() -> list[tuple[ModelInfo, bool]]:
         found.append(model_info_from_dict(data, source=str(info_path)))
     return found
 
-
-#: ``(info, is_default)`` for every built-in model.
-BUILTIN_MODELS: list[tuple[ModelInfo, bool]] = _embedded_models()

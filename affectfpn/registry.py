@@ -87,6 +87,7 @@ _DEFAULT: list[str] = []
 
 def register_model(info: ModelInfo, *, default: bool = False, overwrite: bool = False) -> None:
     """Add ``info`` to the registry (optionally as the default of ``from_pretrained()``)."""
+    _ensure_builtin()
     if info.name in _REGISTRY and not overwrite:
         raise ConfigError(f"a model named {info.name!r} is already registered")
     _REGISTRY[info.name] = info
@@ -96,6 +97,7 @@ def register_model(info: ModelInfo, *, default: bool = False, overwrite: bool = 
 
 def unregister_model(name: str) -> None:
     """Remove a model from the registry (mainly for tests)."""
+    _ensure_builtin()
     _REGISTRY.pop(name, None)
     if _DEFAULT and _DEFAULT[0] == name:
         _DEFAULT.clear()
@@ -103,6 +105,7 @@ def unregister_model(name: str) -> None:
 
 def list_models() -> list[ModelInfo]:
     """All registered models, the default first."""
+    _ensure_builtin()
     names = sorted(_REGISTRY, key=lambda n: (n not in _DEFAULT, n))
     return [_REGISTRY[n] for n in names]
 
@@ -114,6 +117,7 @@ def model_names() -> list[str]:
 
 def get_model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` registered under ``name``."""
+    _ensure_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -124,6 +128,7 @@ def get_model_info(name: str) -> ModelInfo:
 
 def default_model_name() -> str:
     """The name ``AffectFPN.from_pretrained()`` loads when given no argument."""
+    _ensure_builtin()
     if not _DEFAULT:
         raise WeightsError(
             "no default model is registered in this affectfpn build: "
@@ -140,11 +145,16 @@ def package_weights_dir(info: ModelInfo) -> Path:
     return root / info.location
 
 
-def _register_builtin() -> None:
-    from affectfpn._zoo import BUILTIN_MODELS
-
-    for info, is_default in BUILTIN_MODELS:
-        register_model(info, default=is_default, overwrite=True)
+_BUILTIN_LOADED: list[bool] = []
 
 
-_register_builtin()
+def _ensure_builtin() -> None:
+    """Register the models embedded in the package, once, on first use of the registry."""
+    if _BUILTIN_LOADED:
+        return
+    _BUILTIN_LOADED.append(True)
+    from affectfpn._zoo import embedded_models
+
+    for info, is_default in embedded_models():
+        if info.name not in _REGISTRY:
+            register_model(info, default=is_default and not _DEFAULT)

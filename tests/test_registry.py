@@ -30,7 +30,7 @@ from affectfpn import (
     registry,
 )
 from affectfpn._hub import download
-from affectfpn._zoo import BUILTIN_MODELS
+from affectfpn._zoo import embedded_models
 from affectfpn.config import BACKBONE_CHANNELS, NECKS
 from affectfpn.labels import EXPRESSIONS, TASKS
 
@@ -242,9 +242,9 @@ def _same_outputs(a: AffectFPN, b: AffectFPN, size: tuple[int, int] = (64, 64)) 
 def test_every_registered_model_follows_the_schema() -> None:
     models = list_models()
     assert [m.name for m in models] == registry.model_names()
-    assert sorted(m.name for m in models) == sorted(info.name for info, _ in BUILTIN_MODELS)
+    assert sorted(m.name for m in models) == sorted(info.name for info, _ in embedded_models())
     assert len({m.name for m in models}) == len(models)
-    defaults = [info.name for info, is_default in BUILTIN_MODELS if is_default]
+    defaults = [info.name for info, is_default in embedded_models() if is_default]
     assert len(defaults) <= 1, "at most one built-in default"
     if defaults:
         assert models[0].name == defaults[0]
