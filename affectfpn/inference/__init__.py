@@ -1,1 +1,50 @@
-"""Inference: image loading, face detection, alignment and prediction."""
+"""Inference: image loading, face detection, alignment, prediction and its results.
+
+The entry points are :func:`predict` (also :meth:`affectfpn.AffectFPN.predict`),
+:func:`predict_iter` for streams, and :class:`Predictor` to reuse a model, detector and options
+across calls.
+"""
+
+from affectfpn.inference._io import load_image
+from affectfpn.inference.align import align_face
+from affectfpn.inference.detectors import (
+    Detection,
+    FaceDetector,
+    HaarDetector,
+    YuNetDetector,
+    get_detector,
+)
+from affectfpn.inference.draw import draw
+from affectfpn.inference.predictor import Predictor, predict, predict_iter
+from affectfpn.inference.results import (
+    ActionUnits,
+    Expression,
+    FacePrediction,
+    ImagePrediction,
+    ValenceArousal,
+    table_columns,
+    to_rows,
+    write_csv,
+)
+
+__all__ = [
+    "ActionUnits",
+    "Detection",
+    "Expression",
+    "FaceDetector",
+    "FacePrediction",
+    "HaarDetector",
+    "ImagePrediction",
+    "Predictor",
+    "ValenceArousal",
+    "YuNetDetector",
+    "align_face",
+    "draw",
+    "get_detector",
+    "load_image",
+    "predict",
+    "predict_iter",
+    "table_columns",
+    "to_rows",
+    "write_csv",
+]

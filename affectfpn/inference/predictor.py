@@ -1,0 +1,739 @@
+"""Predict affect for faces in images: :func:`predict`, :func:`predict_iter`, :class:`Predictor`.
+
+The pipeline, per input image:
+
+1. decode it to RGB ``uint8`` (:func:`~affectfpn.inference._io.load_image`: paths, bytes, PIL
+   images, numpy arrays, torch tensors, ...);
+2. ``faces="detect"``: find every face with a detector and align each one at the model's
+   ``config.input_size`` (:func:`~affectfpn.inference.align.align_face`: on the 5 landmarks when
+   the detector gives them, a square box crop otherwise). ``faces="crop"``: the image already is
+   a face crop and is resized as a whole (:func:`affectfpn.preprocess.resize_face`, as in
+   training);
+3. the aligned faces of several images are stacked into batches of ``batch_size`` faces, moved
+   to the device as ``uint8`` and normalised there (:func:`affectfpn.preprocess.normalize`);
+4. the model's outputs become typed results: valence/arousal (already tanh'd, clamped to
+   [-1, 1]), expression probabilities (softmax) and action-unit probabilities (sigmoid, active
+   when >= ``au_threshold``), one :class:`~affectfpn.inference.results.FacePrediction` per face
+   and one :class:`~affectfpn.inference.results.ImagePrediction` per image, in input order.
+
+Steps 1-2 run in a small thread pool (OpenCV and Pillow release the GIL) that prepares the next
+images while the model computes; a bounded window of images in flight keeps memory constant, so
+a generator of any length can be streamed through :func:`predict_iter`.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from affectfpn._device import resolve_device
+from affectfpn.config import AffectFPNConfig
+from affectfpn.errors import ConfigError, InputError
+from affectfpn.inference._io import is_image_path, iter_sources, list_images, load_image
+from affectfpn.inference.align import align_face
+from affectfpn.inference.detectors import (
+    Detection,
+    FaceDetector,
+    HaarDetector,
+    YuNetDetector,
+    get_detector,
+)
+from affectfpn.inference.results import (
+    ActionUnits,
+    Expression,
+    FacePrediction,
+    ImagePrediction,
+    ValenceArousal,
+)
+from affectfpn.preprocess import normalize, resize_face
+
+__all__ = ["FACE_MODES", "ON_ERROR", "Predictor", "predict", "predict_iter"]
+
+logger = logging.getLogger(__name__)
+
+#: Values of the ``faces=`` option.
+FACE_MODES: tuple[str, ...] = ("detect", "crop")
+#: Values of the ``on_error=`` option.
+ON_ERROR: tuple[str, ...] = ("raise", "skip")
+
+_GLOB_CHARS = ("*", "?", "[")
+# Serialises the one-time preparation of a model (device move, channels_last) across threads.
+_MODEL_LOCK = threading.Lock()
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+# --------------------------------------------------------------------------- internal records
+
+
+@dataclass
+class _Prepared:
+    """One decoded image, reduced to what the model needs: its aligned faces."""
+
+    source: str
+    width: int
+    height: int
+    crops: np.ndarray  # k x H x W x 3 uint8, k = number of faces (0 allowed)
+    detections: list[Detection] | None  # None in crop mode
+
+
+@dataclass
+class _Failed:
+    """An input that could not be read (kept in order, handled by ``on_error``)."""
+
+    source: str
+    error: InputError
+
+
+@dataclass
+class _Pending:
+    """An image whose faces are (partly) waiting for the model."""
+
+    prepared: _Prepared
+    va: list[np.ndarray | None] = field(default_factory=list)
+    expression: list[np.ndarray | None] = field(default_factory=list)
+    aus: list[np.ndarray | None] = field(default_factory=list)
+    remaining: int = 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(
+            f"{name}={value!r} is not valid; use one of {', '.join(repr(c) for c in choices)}"
+        )
+    return value
+
+
+def _check_positive_int(name: str, value: object, *, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _default_workers() -> int:
+    """Loader threads: half the usable cores (the model gets the rest), at most 4; none on a
+    single core, where a thread only adds hand-over costs."""
+    return min(4, _available_cores() // 2)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for buffer in model.buffers():
+        return buffer.device
+    return torch.device("cpu")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    def norm(d: torch.device) -> tuple[str, int]:
+        if d.type == "cuda" and d.index is None:
+            return ("cuda", torch.cuda.current_device())
+        return (d.type, 0 if d.index is None else d.index)
+
+    return norm(a) == norm(b)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.weight.is_contiguous(memory_format=torch.channels_last)
+    return True
+
+
+def _is_glob(text: str) -> bool:
+    return not Path(text).expanduser().exists() and any(ch in text for ch in _GLOB_CHARS)
+
+
+def _is_single(inputs: object) -> bool:
+    """Whether ``inputs`` is one image (``predict`` then returns one result, not a list)."""
+    if isinstance(inputs, (str, os.PathLike)):
+        text = os.fsdecode(os.fspath(inputs))
+        return not Path(text).expanduser().is_dir() and not _is_glob(text)
+    if isinstance(inputs, (bytes, bytearray, memoryview, Image.Image)):
+        return True
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        return inputs.ndim != 4
+    return callable(getattr(inputs, "read", None))
+
+
+def _count_inputs(inputs: object, recursive: bool) -> int | None:
+    """How many images ``inputs`` expands to, when that is cheap to know; else ``None``."""
+    if isinstance(inputs, (str, os.PathLike)):
+        text = os.fsdecode(os.fspath(inputs))
+        path = Path(text).expanduser()
+        if path.is_dir():
+            return len(list_images(path, recursive=recursive))
+        if _is_glob(text):
+            pattern = os.path.expanduser(text)
+            return sum(
+                1
+                for m in glob.iglob(pattern, recursive=recursive)
+                if is_image_path(m) and os.path.isfile(m)
+            )
+        return 1
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        return int(inputs.shape[0]) if inputs.ndim == 4 else 1
+    if _is_single(inputs):
+        return 1
+    if isinstance(inputs, (list, tuple)):
+        total = 0
+        for item in inputs:
+            count = _count_inputs(item, recursive)
+            if count is None:
+                return None
+            total += count
+        return total
+    return None  # generators and other iterables: unknown without consuming them
+
+
+def _prefetch(
+    items: Iterator[_T], fn: Callable[[_T], _R], workers: int, depth: int
+) -> Generator[_R, None, None]:
+    """``map(fn, items)`` in order, computed ahead by ``workers`` threads, ``depth`` in flight.
+
+    ``items`` is pulled in the calling thread, at most ``depth`` ahead of what was yielded, so
+    memory stays bounded for an endless iterator. A single item is processed inline.
+    """
+    if workers <= 0:
+        for item in items:
+            yield fn(item)
+        return
+    head: list[_T] = []
+    for item in items:
+        head.append(item)
+        if len(head) == 2:
+            break
+    if len(head) < 2:
+        for item in head:
+            yield fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="affectfpn-load") as pool:
+        futures: deque[Future[_R]] = deque(pool.submit(fn, item) for item in head)
+        try:
+            for item in items:
+                futures.append(pool.submit(fn, item))
+                while len(futures) >= depth:
+                    yield futures.popleft().result()
+            while futures:
+                yield futures.popleft().result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+# --------------------------------------------------------------------------- the predictor
+
+
+class Predictor:
+    """A model, a face detector and prediction options, reusable across calls.
+
+    Build one when predicting many times (e.g. per video frame): the detector is created once.
+    :func:`predict` and :meth:`AffectFPN.predict <affectfpn.AffectFPN.predict>` build a
+    temporary one per call.
+
+    Args:
+        model: An :class:`~affectfpn.AffectFPN` (any ``nn.Module`` with an
+            :class:`~affectfpn.AffectFPNConfig` as ``.config`` and the same outputs). Put it in
+            eval mode; a model left in training mode is switched to eval mode around each batch
+            and back (not thread-safe).
+        faces: ``"detect"`` (default: suits ordinary photos) finds every face, aligns it and
+            predicts per face; ``"crop"``: every input already is a face crop (Aff-Wild2
+            ``cropped_aligned``, AffectNet crops), one prediction per image, no detector; the box
+            is the whole image and the score ``None``.
+        detector: Only for ``faces="detect"``: ``"auto"`` (YuNet, else the Haar cascade),
+            ``"yunet"``, ``"haar"``, the path of a YuNet ``.onnx`` file, or any object with
+            ``detect(rgb) -> list[Detection]`` (see :func:`~affectfpn.inference.get_detector`).
+        batch_size: Faces per forward pass; faces of several images share a batch.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``; ``None`` (default)
+            keeps the model where it is. A different device moves the model there (once, here).
+        au_threshold: An action unit is active when its probability is >= this (0..1).
+        bgr: numpy arrays with 3 or 4 channels are in OpenCV's BGR(A) order.
+        progress: Show a tqdm progress bar on stderr. ``None`` (default): only when the number
+            of images is known, exceeds one batch and stderr is a terminal; ``False``: never.
+        num_workers: Threads that decode, detect and align upcoming images while the model runs;
+            0 does everything in the calling thread. Default: half the usable CPU cores, at most
+            4 (0 on a single core).
+        on_error: What to do with an input that cannot be read (corrupt, missing or non-image
+            file, bad array): ``"raise"`` (default) raises its
+            :class:`~affectfpn.errors.InputError`, which names the input, after the results of
+            the inputs before it were yielded; ``"skip"`` logs a warning and yields no result for
+            it (results keep their ``source``, so they can be matched to inputs). Mistakes in the
+            request itself (an empty directory, a glob matching nothing, an object that is no
+            kind of image) always raise, and so does a single input that fails (there is no
+            list to leave it out of).
+        recursive: Directories are searched recursively (and ``**`` works in glob patterns).
+        amp: Mixed precision: ``None`` (default) enables it on CUDA only (bfloat16 where
+            supported, else float16); ``True``/``False`` force it on or off.
+
+    Raises:
+        ConfigError: An option is invalid, or the device is not available.
+        WeightsError / OfflineError: The face detector cannot be loaded.
+
+    Thread safety:
+        A Predictor holds no state that changes during a call, so one instance (or one model)
+        may serve several threads at once: each call gets its own loader threads, YuNet and Haar
+        detectors serialise their own network calls with a lock, and a custom detector is called
+        by one thread of a Predictor at a time (a custom detector shared by several Predictors
+        must be thread-safe itself). Results equal those of sequential calls. The model must be
+        in eval mode for this.
+
+    Example:
+        >>> predictor = Predictor(model, detector="yunet", batch_size=64)  # doctest: +SKIP
+        >>> for result in predictor.predict_iter("photos/"):                # doctest: +SKIP
+        ...     print(result.source, [f.expression.label for f in result])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        faces: str = "detect",
+        detector: str | os.PathLike[str] | FaceDetector = "auto",
+        batch_size: int = 32,
+        device: str | torch.device | None = None,
+        au_threshold: float = 0.5,
+        bgr: bool = False,
+        progress: bool | None = None,
+        num_workers: int | None = None,
+        on_error: str = "raise",
+        recursive: bool = False,
+        amp: bool | None = None,
+    ) -> None:
+        config = getattr(model, "config", None)
+        if not isinstance(model, nn.Module) or not isinstance(config, AffectFPNConfig):
+            raise ConfigError(
+                f"predict needs an AffectFPN model (an nn.Module with an AffectFPNConfig as "
+                f".config), got {type(model).__name__}; load one with AffectFPN.from_pretrained()"
+            )
+        self.faces = _check_choice("faces", faces, FACE_MODES)
+        self.on_error = _check_choice("on_error", on_error, ON_ERROR)
+        self.batch_size = _check_positive_int("batch_size", batch_size, low=1)
+        workers = _default_workers() if num_workers is None else num_workers
+        self.num_workers = _check_positive_int("num_workers", workers, low=0)
+        if isinstance(au_threshold, bool) or not isinstance(au_threshold, (int, float)):
+            raise ConfigError(f"au_threshold must be a number in [0, 1], got {au_threshold!r}")
+        if not 0.0 <= float(au_threshold) <= 1.0:
+            raise ConfigError(f"au_threshold must be in [0, 1], got {au_threshold!r}")
+        self.au_threshold = float(au_threshold)
+        if progress is not None and not isinstance(progress, bool):
+            raise ConfigError(f"progress must be True, False or None, got {progress!r}")
+        self.progress = progress
+        self.bgr = bool(bgr)
+        self.recursive = bool(recursive)
+        self.model = model
+        self.config: AffectFPNConfig = config
+        self.detector: FaceDetector | None = (
+            get_detector(detector) if self.faces == "detect" else None
+        )
+        # YuNet and Haar lock around their network themselves (and keep their pre- and
+        # post-processing parallel); any other detector is called by one loader thread at a time.
+        builtin = isinstance(self.detector, (YuNetDetector, HaarDetector))
+        self._detect_lock: AbstractContextManager[Any] = (
+            nullcontext() if builtin else threading.Lock()
+        )
+        self.device = self._prepare_model(device)
+        use_amp = self.device.type == "cuda" if amp is None else bool(amp)
+        self.amp_dtype: torch.dtype | None = None
+        if use_amp:
+            if self.device.type == "cuda":
+                bf16 = torch.cuda.is_bf16_supported()
+                self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+            else:
+                self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        self._channels_last = self.device.type == "cuda"
+        self._pin = self.device.type == "cuda"
+
+    def __repr__(self) -> str:
+        return (
+            f"Predictor(faces={self.faces!r}, detector={self.detector!r}, "
+            f"batch_size={self.batch_size}, device={str(self.device)!r}, "
+            f"au_threshold={self.au_threshold}, num_workers={self.num_workers}, "
+            f"on_error={self.on_error!r})"
+        )
+
+    # ----------------------------------------------------------------------- setup
+
+    def _prepare_model(self, device: str | torch.device | None) -> torch.device:
+        current = _model_device(self.model)
+        target = current if device is None else resolve_device(device)
+        with _MODEL_LOCK:
+            if not _same_device(current, target):
+                logger.info("moving the model from %s to %s for prediction", current, target)
+                self.model.to(target)
+            if target.type == "cuda" and not _is_channels_last(self.model):
+                self.model.to(memory_format=torch.channels_last)
+        return target
+
+    # ----------------------------------------------------------------------- public API
+
+    def predict(
+        self, inputs: object, *, progress: bool | None = None
+    ) -> ImagePrediction | list[ImagePrediction]:
+        """Predict every face of one input or of many.
+
+        Args:
+            inputs: One image (a path, bytes, a binary file object, a PIL image, an ``H x W``,
+                ``H x W x 3`` or ``H x W x 4`` numpy array, a ``C x H x W`` tensor) or many: a
+                directory (its images, sorted), a glob pattern, an ``N x H x W x C`` array, an
+                ``N x C x H x W`` tensor, or any list or iterable of these.
+            progress: Overrides the predictor's ``progress`` option for this call.
+
+        Returns:
+            One :class:`ImagePrediction` for a single image, else a list, in input order. An
+            image without faces has ``faces == ()``.
+
+        Raises:
+            InputError: An input cannot be read (the message names it); with
+                ``on_error="skip"`` only for a single input or a malformed request.
+        """
+        if _is_single(inputs):
+            results = list(self._run(iter_sources(inputs), progress=False, strict=True))
+            return results[0]
+        return list(self.predict_iter(inputs, progress=progress))
+
+    __call__ = predict
+
+    def predict_iter(
+        self, inputs: object, *, progress: bool | None = None
+    ) -> Iterator[ImagePrediction]:
+        """Like :meth:`predict`, but yield the results one by one, in input order.
+
+        Inputs are consumed lazily, a bounded number ahead of the results, so a generator of
+        any length runs in constant memory. Results arrive batch by batch: use a small
+        ``batch_size`` when each result is wanted as soon as its input is given.
+        """
+        show, total = self._progress_plan(inputs, progress)
+        return self._run(iter_sources(inputs, recursive=self.recursive), progress=show, total=total)
+
+    def predict_named(
+        self, named_inputs: Iterable[tuple[str, object]], *, progress: bool | None = None
+    ) -> Iterator[ImagePrediction]:
+        """Predict ``(source, image)`` pairs, naming each result by its ``source``.
+
+        For callers that name their own images, such as a video reader yielding
+        ``("clip.mp4#frame=12", frame)``. Each image is a single input as in :meth:`predict`.
+        """
+        show = bool(progress)
+        total = len(named_inputs) if show and isinstance(named_inputs, (list, tuple)) else None
+        return self._run(iter(named_inputs), progress=show, total=total)
+
+    # ----------------------------------------------------------------------- pipeline
+
+    def _progress_plan(self, inputs: object, progress: bool | None) -> tuple[bool, int | None]:
+        """Whether to show a progress bar, and its total (``None``: unknown)."""
+        choice = self.progress if progress is None else progress
+        if choice is False:
+            return False, None
+        if choice is None and (_is_single(inputs) or not sys.stderr.isatty()):
+            return False, None
+        total = _count_inputs(inputs, self.recursive)
+        if choice is None:
+            return total is not None and total > self.batch_size, total
+        return True, total
+
+    def _prepare(self, named: tuple[str, object]) -> _Prepared | _Failed:
+        """Decode one input and cut out its faces (runs in a loader thread)."""
+        source, item = named
+        try:
+            image = load_image(item, bgr=self.bgr, name=source)
+            rgb = image.rgb
+            size = self.config.input_size
+            if self.detector is None:
+                face = resize_face(Image.fromarray(rgb), size)
+                crops = np.asarray(face.convert("RGB"), dtype=np.uint8)[None]
+                detections = None
+            else:
+                with self._detect_lock:
+                    found = self.detector.detect(rgb)
+                detections = sorted(found, key=lambda d: -d.score)
+                crops = np.empty((len(detections), size[0], size[1], 3), dtype=np.uint8)
+                for i, detection in enumerate(detections):
+                    crops[i] = align_face(rgb, detection, size)
+        except InputError as error:
+            return _Failed(source, error)
+        return _Prepared(source, image.width, image.height, crops, detections)
+
+    def _run(
+        self,
+        named: Iterator[tuple[str, object]],
+        *,
+        progress: bool,
+        total: int | None = None,
+        strict: bool = False,
+    ) -> Iterator[ImagePrediction]:
+        depth = self.batch_size + 2 * self.num_workers
+        bar = tqdm(total=total, unit="img", desc="affectfpn", disable=not progress)
+        pending: deque[_Pending] = deque()
+        queue: list[tuple[_Pending, int]] = []  # faces waiting for the model
+        prepared_items = _prefetch(named, self._prepare, self.num_workers, depth)
+        try:
+            for prepared in prepared_items:
+                if isinstance(prepared, _Failed):
+                    if strict or self.on_error == "raise":
+                        # Deliver what came before the bad input, then raise.
+                        self._flush(queue)
+                        while pending:
+                            bar.update(1)
+                            yield self._finish(pending.popleft())
+                        raise prepared.error
+                    logger.warning("skipping %s: %s", prepared.source, prepared.error)
+                    continue
+                record = _Pending(prepared, remaining=len(prepared.crops))
+                count = record.remaining
+                record.va = [None] * count
+                record.expression = [None] * count
+                record.aus = [None] * count
+                pending.append(record)
+                queue.extend((record, i) for i in range(count))
+                while len(queue) >= self.batch_size:
+                    self._run_batch(queue[: self.batch_size])
+                    del queue[: self.batch_size]
+                if len(pending) > self.batch_size:  # many faceless images: do not hold them
+                    self._flush(queue)
+                while pending and pending[0].remaining == 0:
+                    bar.update(1)
+                    yield self._finish(pending.popleft())
+            self._flush(queue)
+            while pending:
+                bar.update(1)
+                yield self._finish(pending.popleft())
+        finally:
+            prepared_items.close()  # stop the loader threads now, even on an early exit
+            bar.close()
+
+    def _flush(self, queue: list[tuple[_Pending, int]]) -> None:
+        for start in range(0, len(queue), self.batch_size):
+            self._run_batch(queue[start : start + self.batch_size])
+        queue.clear()
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _run_batch(self, faces: list[tuple[_Pending, int]]) -> None:
+        if not faces:
+            return
+        stacked = np.stack([record.prepared.crops[i] for record, i in faces])  # N x H x W x 3
+        batch = torch.from_numpy(stacked).permute(0, 3, 1, 2)  # a channels_last view
+        batch = batch.pin_memory() if self._pin else batch.contiguous()
+        batch = batch.to(self.device, non_blocking=self._pin)
+        model = self.model
+        was_training = model.training
+        with torch.inference_mode():
+            x = normalize(batch, self.config)
+            if self._channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if was_training:
+                model.eval()
+            try:
+                with self._autocast():
+                    out = model(x)
+            finally:
+                if was_training:
+                    model.train()
+            va = None if out.va is None else out.va.float().clamp(-1.0, 1.0).cpu().numpy()
+            expr = None if out.expression is None else out.expression.float().softmax(1)
+            aus = None if out.au is None else out.au.float().sigmoid()
+            expr_np = None if expr is None else expr.cpu().numpy()
+            aus_np = None if aus is None else aus.cpu().numpy()
+        for row, (record, i) in enumerate(faces):
+            record.va[i] = None if va is None else va[row]
+            record.expression[i] = None if expr_np is None else expr_np[row]
+            record.aus[i] = None if aus_np is None else aus_np[row]
+            record.remaining -= 1
+
+    def _finish(self, record: _Pending) -> ImagePrediction:
+        prepared = record.prepared
+        faces = []
+        for i in range(len(prepared.crops)):
+            va_row, expr_row, au_row = record.va[i], record.expression[i], record.aus[i]
+            va = (
+                None
+                if va_row is None
+                else ValenceArousal(valence=float(va_row[0]), arousal=float(va_row[1]))
+            )
+            expression = (
+                None
+                if expr_row is None
+                else Expression.from_probabilities(expr_row, self.config.expressions)
+            )
+            aus = (
+                None
+                if au_row is None
+                else ActionUnits.from_probabilities(
+                    np.clip(au_row, 0.0, 1.0), self.config.action_units, self.au_threshold
+                )
+            )
+            if prepared.detections is None:
+                box = (0.0, 0.0, float(prepared.width), float(prepared.height))
+                score: float | None = None
+                landmarks = None
+            else:
+                detection = prepared.detections[i]
+                box = detection.box
+                score = float(detection.score)
+                landmarks = (
+                    None
+                    if detection.landmarks is None
+                    else tuple((float(x), float(y)) for x, y in detection.landmarks.tolist())
+                )
+            faces.append(
+                FacePrediction(
+                    box=box,
+                    score=score,
+                    landmarks=landmarks,
+                    va=va,
+                    expression=expression,
+                    aus=aus,
+                    face_id=i,
+                )
+            )
+        return ImagePrediction(
+            source=prepared.source,
+            width=prepared.width,
+            height=prepared.height,
+            faces=tuple(faces),
+        )
+
+
+# --------------------------------------------------------------------------- functions
+
+
+def predict(
+    model: nn.Module,
+    inputs: object,
+    *,
+    faces: str = "detect",
+    detector: str | os.PathLike[str] | FaceDetector = "auto",
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    au_threshold: float = 0.5,
+    bgr: bool = False,
+    progress: bool | None = None,
+    num_workers: int | None = None,
+    on_error: str = "raise",
+    recursive: bool = False,
+    amp: bool | None = None,
+) -> ImagePrediction | list[ImagePrediction]:
+    """Predict valence/arousal, expression and action units for every face in the inputs.
+
+    ``faces="detect"`` (the default) suits ordinary photos: every face is found, aligned and
+    predicted. For inputs that already are face crops (Aff-Wild2 ``cropped_aligned``, AffectNet)
+    pass ``faces="crop"``: one prediction per image, no detector.
+
+    Args:
+        model: An :class:`~affectfpn.AffectFPN`, in eval mode.
+        inputs: One image (a path, bytes, a binary file object, a PIL image, a numpy array
+            ``H x W`` / ``H x W x 3`` / ``H x W x 4``, a tensor ``C x H x W``, uint8 or float in
+            [0, 1]) or many: a directory, a glob pattern, an ``N x H x W x C`` array, an
+            ``N x C x H x W`` tensor, or any list or iterable of these.
+        faces: ``"detect"`` or ``"crop"``; see above.
+        detector: ``"auto"``, ``"yunet"``, ``"haar"``, a YuNet ``.onnx`` path, or a detector
+            object (ignored with ``faces="crop"``).
+        batch_size: Faces per forward pass (faces of several images share a batch).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``; ``None`` keeps the
+            model's device. Another device moves the model.
+        au_threshold: Probability from which an action unit counts as active.
+        bgr: numpy arrays are in OpenCV's BGR(A) order.
+        progress: tqdm progress bar; ``None``: only for long inputs of known length on a
+            terminal.
+        num_workers: Loader threads overlapping decoding and detection with the model (0: none).
+        on_error: ``"raise"`` or ``"skip"`` unreadable inputs (logged, no result); see
+            :class:`Predictor`.
+        recursive: Search directories recursively.
+        amp: Mixed precision (default: on CUDA only).
+
+    Returns:
+        An :class:`ImagePrediction` for a single image, else a list of them in input order.
+        Faces of an image have ``face_id`` 0, 1, ... in order of detection score; an image
+        without faces gives ``faces == ()``, never an error.
+
+    Raises:
+        InputError: An input cannot be read; the message names it.
+        ConfigError: An option is invalid.
+
+    Example:
+        >>> result = predict(model, "group.jpg")                        # doctest: +SKIP
+        >>> [(f.face_id, f.expression.label) for f in result]           # doctest: +SKIP
+    """
+    predictor = Predictor(
+        model,
+        faces=faces,
+        detector=detector,
+        batch_size=batch_size,
+        device=device,
+        au_threshold=au_threshold,
+        bgr=bgr,
+        progress=progress,
+        num_workers=num_workers,
+        on_error=on_error,
+        recursive=recursive,
+        amp=amp,
+    )
+    return predictor.predict(inputs)
+
+
+def predict_iter(
+    model: nn.Module,
+    inputs: object,
+    *,
+    faces: str = "detect",
+    detector: str | os.PathLike[str] | FaceDetector = "auto",
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    au_threshold: float = 0.5,
+    bgr: bool = False,
+    progress: bool | None = None,
+    num_workers: int | None = None,
+    on_error: str = "raise",
+    recursive: bool = False,
+    amp: bool | None = None,
+) -> Iterator[ImagePrediction]:
+    """Like :func:`predict`, but yield one :class:`ImagePrediction` per image, in input order.
+
+    Inputs are read lazily, a bounded number ahead, so a generator of any length streams in
+    constant memory. A single image gives a one-item iterator.
+    """
+    predictor = Predictor(
+        model,
+        faces=faces,
+        detector=detector,
+        batch_size=batch_size,
+        device=device,
+        au_threshold=au_threshold,
+        bgr=bgr,
+        progress=progress,
+        num_workers=num_workers,
+        on_error=on_error,
+        recursive=recursive,
+        amp=amp,
+    )
+    return predictor.predict_iter(inputs)

@@ -1,0 +1,406 @@
+"""Tests of prediction (affectfpn.inference.predictor) with a tiny random-weight model."""
+
+import io
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from affectfpn import AffectFPN, AffectFPNConfig
+from affectfpn.errors import ConfigError, InputError
+from affectfpn.inference import (
+    Detection,
+    ImagePrediction,
+    Predictor,
+    load_image,
+    predict,
+    predict_iter,
+)
+from affectfpn.preprocess import normalize, resize_face
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model() -> AffectFPN:
+    torch.manual_seed(0)
+    config = AffectFPNConfig(backbone="resnet18", fpn_width=16, input_size=(64, 64))
+    return AffectFPN(config).eval()
+
+
+def _values(results: ImagePrediction | list[ImagePrediction]) -> np.ndarray:
+    """Every number predicted for every face (VA, expression and AU probabilities), one row each."""
+    images = [results] if isinstance(results, ImagePrediction) else results
+    rows = []
+    for image in images:
+        for face in image:
+            row: list[float] = []
+            if face.va is not None:
+                row += list(face.va)
+            if face.expression is not None:
+                row += list(face.expression.probabilities.values())
+            if face.aus is not None:
+                row += list(face.aus.probabilities.values())
+            rows.append(row)
+    return np.array(rows, dtype=np.float64) if rows else np.zeros((0, 0))
+
+
+def _random_images(n: int, size: tuple[int, int] = (40, 32), seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- real photos
+
+
+@pytest.mark.shared
+def test_detect_mode_finds_every_face_in_real_photos(
+    model: AffectFPN, samples_dir: Path, yunet_path: Path
+) -> None:
+    names = [
+        "multi_face.jpg",
+        "single_face.jpg",
+        "free-mountain-vector-01.jpg",
+        "Image_with_alpha.png",
+        "BWPictureHuman.jpg",
+    ]
+    paths = [samples_dir / name for name in names]
+    results = predict(model, paths, detector=str(yunet_path), progress=False)
+    assert isinstance(results, list)
+    assert [r.source for r in results] == [str(p) for p in paths]
+    counts = dict(zip(names, (len(r) for r in results), strict=True))
+    assert counts["multi_face.jpg"] == 5
+    assert counts["single_face.jpg"] == 1
+    assert counts["free-mountain-vector-01.jpg"] == 0  # no face: an empty result, no exception
+    assert counts["Image_with_alpha.png"] >= 1
+    assert counts["BWPictureHuman.jpg"] == 1
+    for path, result in zip(paths, results, strict=True):
+        with Image.open(path) as image:
+            assert (result.width, result.height) == image.size
+        assert [f.face_id for f in result] == list(range(len(result)))
+        scores = [f.score for f in result]
+        assert scores == sorted(scores, reverse=True)
+        for face in result:
+            assert face.box is not None
+            assert face.landmarks is not None
+            x1, y1, x2, y2 = face.box
+            assert 0 <= x1 < x2 <= result.width
+            assert 0 <= y1 < y2 <= result.height
+            assert len(face.landmarks) == 5
+            assert face.va is not None
+            assert face.expression is not None
+            assert face.aus is not None
+            assert all(-1.0 <= v <= 1.0 for v in face.va)
+            assert abs(sum(face.expression.probabilities.values()) - 1.0) < 1e-4
+            assert face.aus.names == model.config.action_units
+            assert face.expression.names == model.config.expressions
+    # the five faces of the group photo are five different faces
+    boxes = {face.box for face in results[0]}
+    assert len(boxes) == 5
+
+
+@pytest.mark.shared
+def test_same_image_in_every_input_form_gives_the_same_prediction(
+    model: AffectFPN, samples_dir: Path, yunet_path: Path
+) -> None:
+    path = samples_dir / "single_face.jpg"
+    rgb = load_image(path).rgb
+    forms: dict[str, object] = {
+        "path": path,
+        "str": str(path),
+        "pil": Image.open(path),
+        "array": rgb,
+        "bgr array": np.ascontiguousarray(rgb[..., ::-1]),
+        "uint8 tensor": torch.from_numpy(rgb).permute(2, 0, 1),
+        "float tensor": torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0,
+        "bytes": path.read_bytes(),
+        "file": io.BytesIO(path.read_bytes()),
+    }
+    reference = predict(model, path, detector=str(yunet_path))
+    assert isinstance(reference, ImagePrediction)  # a single input gives a single result
+    assert len(reference) == 1
+    for kind, value in forms.items():
+        result = predict(model, value, detector=str(yunet_path), bgr=kind == "bgr array")
+        assert isinstance(result, ImagePrediction), kind
+        assert len(result) == 1, kind
+        assert np.allclose(result[0].box, reference[0].box, atol=1e-3), kind
+        np.testing.assert_allclose(_values(result), _values(reference), atol=TOL, err_msg=kind)
+    # without bgr=True a BGR array is read as RGB: the colours, and so the outputs, differ
+    swapped = predict(model, np.ascontiguousarray(rgb[..., ::-1]), detector=str(yunet_path))
+    assert isinstance(swapped, ImagePrediction)
+    assert len(swapped) == 0 or not np.allclose(_values(swapped), _values(reference), atol=TOL)
+
+
+@pytest.mark.shared
+def test_batches_across_images_equal_one_by_one(
+    model: AffectFPN, samples_dir: Path, yunet_path: Path
+) -> None:
+    names = ["multi_face.jpg", "single_face.jpg", "free-mountain-vector-01.jpg", "0-f1-su-ph.jpg"]
+    names.append("15-f13-anc-ph.jpg")
+    paths = [samples_dir / n for n in names]
+    one_by_one = predict(model, paths, detector=str(yunet_path), batch_size=1, num_workers=0)
+    batched = predict(model, paths, detector=str(yunet_path), batch_size=7, num_workers=2)
+    assert isinstance(one_by_one, list)
+    assert isinstance(batched, list)
+    assert [r.source for r in batched] == [str(p) for p in paths]
+    assert [len(r) for r in batched] == [len(r) for r in one_by_one]
+    assert sum(len(r) for r in batched) > 7  # faces of several images shared a batch
+    np.testing.assert_allclose(_values(batched), _values(one_by_one), atol=TOL)
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert [f.box for f in a] == [f.box for f in b]
+    # and equal to separate calls, one image at a time
+    for path, result in zip(paths, batched, strict=True):
+        single = predict(model, path, detector=str(yunet_path))
+        np.testing.assert_allclose(_values(single), _values(result), atol=TOL)
+
+
+@pytest.mark.shared
+def test_shared_predictor_in_threads_equals_sequential(
+    model: AffectFPN, samples_dir: Path, yunet_path: Path
+) -> None:
+    predictor = Predictor(model, detector=str(yunet_path), batch_size=4, num_workers=1)
+    inputs = [samples_dir / "single_face.jpg", samples_dir / "multi_face.jpg"]
+    expected = predictor.predict(inputs)
+    barrier = threading.Barrier(4)
+    outcomes: list[object] = [None] * 4
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = (
+                predictor.predict(inputs)
+                if i % 2
+                else predict(model, inputs, detector=predictor.detector, batch_size=4)
+            )
+        except Exception as exc:  # reported below
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for outcome in outcomes:
+        assert isinstance(outcome, list), outcome
+        assert [len(r) for r in outcome] == [1, 5]
+        np.testing.assert_allclose(_values(outcome), _values(expected), atol=1e-6)
+
+
+@pytest.mark.shared
+def test_model_predict_method(model: AffectFPN, samples_dir: Path, yunet_path: Path) -> None:
+    path = samples_dir / "single_face.jpg"
+    result = model.predict(path, detector=str(yunet_path))
+    assert isinstance(result, ImagePrediction)
+    direct = predict(model, path, detector=str(yunet_path))
+    assert isinstance(direct, ImagePrediction)
+    np.testing.assert_allclose(_values(result), _values(direct), atol=TOL)
+    many = model.predict([path], detector=str(yunet_path))
+    assert isinstance(many, list)
+    assert len(many) == 1
+
+
+# --------------------------------------------------------------------------- crop mode
+
+
+def test_crop_mode_directory_matches_manual_preprocessing(model: AffectFPN, tmp_path: Path) -> None:
+    images = _random_images(3, size=(48, 40))
+    for i, rgb in enumerate(images):
+        Image.fromarray(rgb).save(tmp_path / f"crop_{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    results = predict(model, tmp_path, faces="crop", batch_size=2)
+    assert isinstance(results, list)
+    assert [Path(r.source).name for r in results] == ["crop_0.png", "crop_1.png", "crop_2.png"]
+    for result in results:
+        assert len(result) == 1
+        face = result[0]
+        assert face.box == (0.0, 0.0, 40.0, 48.0)
+        assert face.score is None
+        assert face.landmarks is None
+        assert face.face_id == 0
+    # the same numbers as the library's preprocessing followed by the model
+    batch = torch.stack(
+        [
+            torch.from_numpy(np.array(resize_face(Image.fromarray(rgb), (64, 64)))).permute(2, 0, 1)
+            for rgb in images
+        ]
+    )
+    with torch.inference_mode():
+        out = model(normalize(batch, model.config))
+    assert out.va is not None
+    assert out.expression is not None
+    assert out.au is not None
+    manual = torch.cat([out.va, out.expression.softmax(1), out.au.sigmoid()], dim=1).numpy()
+    np.testing.assert_allclose(_values(results), manual, atol=TOL)
+    # a 4-D tensor is a batch: one result per image, equal to the files' results
+    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    from_tensor = predict(model, stacked, faces="crop")
+    assert isinstance(from_tensor, list)
+    assert len(from_tensor) == 3
+    np.testing.assert_allclose(_values(from_tensor), manual, atol=TOL)
+
+
+def test_single_task_model_leaves_other_tasks_none() -> None:
+    config = AffectFPNConfig(
+        backbone="resnet18", fpn_width=16, input_size=(64, 64), tasks=("expression",)
+    )
+    expression_only = AffectFPN(config).eval()
+    result = predict(expression_only, _random_images(1)[0], faces="crop")
+    assert isinstance(result, ImagePrediction)
+    face = result[0]
+    assert face.va is None
+    assert face.aus is None
+    assert face.expression is not None
+    assert face.tasks == ("expression",)
+
+
+def test_model_in_training_mode_predicts_as_in_eval_mode_and_stays_in_training() -> None:
+    config = AffectFPNConfig(backbone="resnet18", fpn_width=16, input_size=(64, 64))
+    net = AffectFPN(config).eval()
+    images = _random_images(3, seed=3)
+    expected = predict(net, images, faces="crop")
+    net.train()
+    got = predict(net, images, faces="crop")
+    assert net.training
+    np.testing.assert_allclose(_values(got), _values(expected), atol=TOL)
+
+
+def test_mixed_precision_stays_close_to_float32(model: AffectFPN) -> None:
+    # amp=True on the CPU runs the autocast path that CUDA uses by default (here bfloat16)
+    images = _random_images(2, seed=5)
+    exact = predict(model, images, faces="crop")
+    mixed = predict(model, images, faces="crop", amp=True)
+    np.testing.assert_allclose(_values(mixed), _values(exact), atol=0.02)
+    assert predict(model, [], faces="crop") == []
+
+
+def test_au_threshold_is_honoured(model: AffectFPN) -> None:
+    image = _random_images(1, seed=1)[0]
+    base = predict(model, image, faces="crop")
+    assert isinstance(base, ImagePrediction)
+    assert base[0].aus is not None
+    probs = dict(base[0].aus.probabilities)
+    assert base[0].aus.threshold == 0.5
+    assert base[0].aus.active == tuple(n for n, p in probs.items() if p >= 0.5)
+    threshold = float(np.median(list(probs.values())))
+    result = predict(model, image, faces="crop", au_threshold=threshold)
+    assert isinstance(result, ImagePrediction)
+    assert result[0].aus is not None
+    active = result[0].aus.active
+    assert result[0].aus.threshold == threshold
+    assert active == tuple(n for n, p in probs.items() if p >= threshold)
+    assert 0 < len(active) < len(probs)
+    with pytest.raises(ConfigError, match="au_threshold"):
+        predict(model, image, faces="crop", au_threshold=1.5)
+
+
+class _FixedDetector:
+    """Gives two landmark-free faces, the better one last (a detector need not sort)."""
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return [Detection(box=(0, 0, 20, 20), score=0.3), Detection(box=(10, 8, 40, 38), score=0.9)]
+
+
+def test_custom_detector_faces_are_numbered_by_score(model: AffectFPN) -> None:
+    result = predict(model, _random_images(1, size=(50, 60))[0], detector=_FixedDetector())
+    assert isinstance(result, ImagePrediction)
+    assert [f.face_id for f in result] == [0, 1]
+    assert [f.score for f in result] == [0.9, 0.3]
+    assert result[0].box == (10.0, 8.0, 40.0, 38.0)
+    assert result[0].landmarks is None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_invalid_options_raise_config_error(model: AffectFPN) -> None:
+    image = _random_images(1)[0]
+    with pytest.raises(ConfigError, match="faces"):
+        predict(model, image, faces="boxes")
+    with pytest.raises(ConfigError, match="on_error"):
+        predict(model, image, faces="crop", on_error="ignore")
+    with pytest.raises(ConfigError, match="batch_size"):
+        predict(model, image, faces="crop", batch_size=0)
+    with pytest.raises(ConfigError, match="detector"):
+        predict(model, image, detector="nonsense")
+
+
+def test_corrupt_file_raises_input_error_naming_it(
+    model: AffectFPN, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = []
+    for i, rgb in enumerate(_random_images(2)):
+        good.append(tmp_path / f"good_{i}.png")
+        Image.fromarray(rgb).save(good[-1])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    with pytest.raises(InputError, match=r"broken\.jpg"):
+        predict(model, bad, faces="crop")
+    with pytest.raises(InputError, match=r"broken\.jpg"):
+        predict(model, [good[0], bad, good[1]], faces="crop")
+    # results before the bad input are delivered before the error
+    stream = predict_iter(model, [good[0], bad, good[1]], faces="crop", num_workers=0)
+    first = next(stream)
+    assert first.source == str(good[0])
+    with pytest.raises(InputError, match=r"broken\.jpg"):
+        next(stream)
+    # skip: a warning names the file and the other inputs keep their results
+    with caplog.at_level(logging.WARNING, logger="affectfpn"):
+        results = predict(model, [good[0], bad, good[1]], faces="crop", on_error="skip")
+    assert isinstance(results, list)
+    assert [r.source for r in results] == [str(good[0]), str(good[1])]
+    assert any("broken.jpg" in record.getMessage() for record in caplog.records)
+
+
+# --------------------------------------------------------------------------- streaming, progress
+
+
+def test_generator_input_is_streamed_lazily() -> None:
+    # a 32 px model: 300 forward passes of the 64 px one would take most of this file's time
+    config = AffectFPNConfig(backbone="resnet18", fpn_width=8, input_size=(32, 32))
+    model = AffectFPN(config).eval()
+    produced = 0
+    rng = np.random.default_rng(7)
+
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal produced
+        for _ in range(300):
+            produced += 1
+            yield rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+
+    batch_size = 16
+    received = 0
+    max_lag = 0
+    produced_at_first = None
+    for result in predict_iter(model, frames(), faces="crop", batch_size=batch_size, num_workers=1):
+        assert result.source == f"<array {received}>"  # input order
+        received += 1
+        if produced_at_first is None:
+            produced_at_first = produced
+        max_lag = max(max_lag, produced - received)
+    assert received == 300
+    assert produced_at_first is not None
+    assert produced_at_first < 300
+    assert max_lag <= 3 * batch_size  # a bounded window of inputs in flight
+    # stopping early stops reading the input and ends the loader threads
+    produced = 0
+    stream = predict_iter(model, frames(), faces="crop", batch_size=2, num_workers=2)
+    next(stream)
+    stream.close()
+    stopped_at = produced
+    assert stopped_at < 20
+    assert not any(t.name.startswith("affectfpn-load") for t in threading.enumerate())
+
+
+def test_progress_bar_can_be_forced_on_or_off(
+    model: AffectFPN, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = _random_images(3)
+    predict(model, images, faces="crop", progress=False)
+    assert "img" not in capsys.readouterr().err
+    predict(model, images, faces="crop", progress=True)
+    assert "3/3" in capsys.readouterr().err
