@@ -1,0 +1,803 @@
+"""Score a model on a labelled dataset with every ABAW2 metric its labels allow.
+
+:func:`evaluate` runs a model over a dataset of training samples (or a folder / CSV that
+:func:`build_eval_dataset` reads) and returns an :class:`EvaluationReport`: the metrics of
+:class:`~affectfpn.metrics.MultiTaskMeter` for every task that both the model predicts and the
+labels cover, with class names and the confusion matrix, plus what was evaluated, on what and how
+fast. The report is plain data: ``to_dict()``, ``to_json(path)``, ``summary()``.
+
+Example:
+    >>> from affectfpn import AffectFPN
+    >>> from affectfpn.evaluation import evaluate
+    >>> model = AffectFPN.from_pretrained("some-model")                     # doctest: +SKIP
+    >>> report = evaluate(model, "fer2013/test", model_name="some-model",
+    ...                   exclude="fer2013/overlap_with_train.txt")        # doctest: +SKIP
+    >>> print(report.summary())                                             # doctest: +SKIP
+"""
+
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from affectfpn._device import resolve_device
+from affectfpn._version import __version__
+from affectfpn.config import AffectFPNConfig
+from affectfpn.errors import DatasetError, InputError
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
+from affectfpn.metrics import AUMeter, ExpressionMeter, MultiTaskMeter
+from affectfpn.models.affectfpn import AffectFPN
+from affectfpn.preprocess import eval_transform, normalize
+
+__all__ = ["REPORT_FORMAT_VERSION", "EvaluationReport", "build_eval_dataset", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the JSON layout written by :meth:`EvaluationReport.to_dict`.
+REPORT_FORMAT_VERSION = 1
+
+#: What :func:`evaluate` accepts as data: a dataset of sample dicts, or a path for
+#: :func:`build_eval_dataset`.
+DatasetSpec: TypeAlias = Dataset[dict[str, Any]] | str | os.PathLike[str]
+#: What ``exclude`` accepts: relative paths, or the path of a text file listing them.
+ExcludeSpec: TypeAlias = Iterable[str] | str | os.PathLike[str]
+
+_TASK_TITLES = {"va": "valence/arousal", "expression": "expression", "au": "action units"}
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluationReport:
+    """The outcome of :func:`evaluate`.
+
+    Attributes:
+        metrics: ``{task: metrics}`` for every scored task, in ``("va", "expression", "au")``
+            order. Each holds the keys of :meth:`affectfpn.metrics.MultiTaskMeter.compute`
+            (``score`` is the ABAW2 score of the task) plus:
+
+            * ``va``: nothing more (``ccc_valence``, ``ccc_arousal``, ``mse_valence``,
+              ``mse_arousal``);
+            * ``expression``: ``class_names`` (the order of every per-class list and of both
+              axes of the confusion matrix), ``support_per_class`` (true samples per class) and
+              ``confusion_matrix`` (nested lists; rows: true class, columns: predicted class);
+            * ``au``: ``unit_names`` (the order of every per-unit list),
+              ``positives_per_unit`` (labelled positives per unit), ``labelled_per_unit`` and
+              ``threshold`` (probability above which an AU counts as present).
+        num_samples: samples evaluated (after ``exclude``).
+        labelled: ``{task: samples with a valid label}`` for all three tasks (an AU sample
+            counts when any of its units is labelled), also for tasks that were not scored.
+        not_scored: ``{task: reason}`` for each task the model or the labels lack.
+        dataset: a description of the data (kind, path, split).
+        excluded: samples left out by ``exclude``.
+        model_name: registry name, Hub repo id or folder, as given to :func:`evaluate`.
+        model_revision: the weights' revision (Hub commit or tag), as given.
+        model_tasks: the tasks the model predicts.
+        model_config: the model's ``config.to_dict()``.
+        num_params: the model's number of parameters.
+        seconds: wall time of the run (data loading included).
+        images_per_second: ``num_samples / seconds``.
+        device: the device the model ran on.
+        amp: the autocast dtype (``"bfloat16"`` / ``"float16"``), or ``None`` for float32.
+        batch_size: images per batch.
+        au_threshold: the AU probability threshold.
+        affectfpn_version: the affectfpn version that produced the report.
+        created: when the report was made (ISO 8601, UTC).
+    """
+
+    metrics: dict[str, dict[str, Any]]
+    num_samples: int
+    labelled: dict[str, int]
+    dataset: str
+    not_scored: dict[str, str] = field(default_factory=dict)
+    excluded: int = 0
+    model_name: str | None = None
+    model_revision: str | None = None
+    model_tasks: tuple[str, ...] = ()
+    model_config: dict[str, Any] = field(default_factory=dict)
+    num_params: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    device: str = "cpu"
+    amp: str | None = None
+    batch_size: int = 0
+    au_threshold: float = 0.5
+    affectfpn_version: str = __version__
+    created: str = ""
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The scored tasks."""
+        return tuple(self.metrics)
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """``{task: ABAW2 score}`` of every scored task."""
+        return {task: float(values["score"]) for task, values in self.metrics.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (see :func:`evaluate` for the layout)."""
+        return {
+            "format_version": REPORT_FORMAT_VERSION,
+            "affectfpn_version": self.affectfpn_version,
+            "created": self.created,
+            "model": {
+                "name": self.model_name,
+                "revision": self.model_revision,
+                "tasks": list(self.model_tasks),
+                "num_params": self.num_params,
+                "config": dict(self.model_config),
+            },
+            "dataset": {
+                "description": self.dataset,
+                "num_samples": self.num_samples,
+                "excluded": self.excluded,
+                "labelled": dict(self.labelled),
+            },
+            "settings": {
+                "batch_size": self.batch_size,
+                "device": self.device,
+                "amp": self.amp,
+                "au_threshold": self.au_threshold,
+            },
+            "timing": {"seconds": self.seconds, "images_per_second": self.images_per_second},
+            "metrics": {task: dict(values) for task, values in self.metrics.items()},
+            "not_scored": dict(self.not_scored),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EvaluationReport":
+        """Rebuild a report from :meth:`to_dict` output (e.g. a parsed JSON file)."""
+        if not isinstance(data, Mapping):
+            raise InputError(f"an evaluation report must be a dict, got {type(data).__name__}")
+        version = data.get("format_version", REPORT_FORMAT_VERSION)
+        if not isinstance(version, int) or version > REPORT_FORMAT_VERSION:
+            raise InputError(
+                f"evaluation report format_version {version!r} is newer than this affectfpn "
+                f"reads ({REPORT_FORMAT_VERSION}); upgrade: pip install -U affectfpn"
+            )
+        try:
+            model, ds = data["model"], data["dataset"]
+            settings, timing = data["settings"], data["timing"]
+            return cls(
+                metrics={t: dict(v) for t, v in data["metrics"].items()},
+                num_samples=int(ds["num_samples"]),
+                labelled={t: int(n) for t, n in ds["labelled"].items()},
+                dataset=str(ds["description"]),
+                not_scored=dict(data.get("not_scored", {})),
+                excluded=int(ds.get("excluded", 0)),
+                model_name=model.get("name"),
+                model_revision=model.get("revision"),
+                model_tasks=tuple(model.get("tasks", ())),
+                model_config=dict(model.get("config", {})),
+                num_params=int(model.get("num_params", 0)),
+                seconds=float(timing["seconds"]),
+                images_per_second=float(timing["images_per_second"]),
+                device=str(settings["device"]),
+                amp=settings.get("amp"),
+                batch_size=int(settings["batch_size"]),
+                au_threshold=float(settings["au_threshold"]),
+                affectfpn_version=str(data.get("affectfpn_version", "")),
+                created=str(data.get("created", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise InputError(
+                f"not an evaluation report: {err!r} is missing or malformed; pass the output of "
+                "EvaluationReport.to_dict()"
+            ) from None
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report as indented JSON to ``path`` (folders created); return the path."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "EvaluationReport":
+        """Read a report written by :meth:`to_json`."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{os.fspath(p)}: no such evaluation report") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(f"{os.fspath(p)}: not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{os.fspath(p)}: expected a JSON object")
+        return cls.from_dict(data)
+
+    def summary(self) -> str:
+        """A few lines of text: model, data, the main figures of each task, speed."""
+        name = self.model_name or "unnamed model"
+        if self.model_revision:
+            name += f"@{self.model_revision}"
+        excluded = f", {self.excluded} excluded" if self.excluded else ""
+        lines = [
+            f"{name} ({', '.join(self.model_tasks)}) on {self.dataset}: "
+            f"{self.num_samples} samples{excluded}"
+        ]
+        for task, m in self.metrics.items():
+            n = self.labelled.get(task, 0)
+            if task == "va":
+                detail = (
+                    f"CCC valence {m['ccc_valence']:.4f}, arousal {m['ccc_arousal']:.4f}; "
+                    f"{n} labelled"
+                )
+            elif task == "expression":
+                detail = f"macro F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}; {n} labelled"
+            else:
+                detail = f"mean F1 {m['mean_f1']:.4f}, accuracy {m['accuracy']:.4f}; {n} labelled"
+            lines.append(f"  {_TASK_TITLES[task]}: score {m['score']:.4f} ({detail})")
+        for task, reason in self.not_scored.items():
+            lines.append(f"  {_TASK_TITLES[task]}: not scored ({reason})")
+        amp = f", {self.amp}" if self.amp else ""
+        lines.append(
+            f"  {self.images_per_second:.1f} images/s on {self.device}{amp} "
+            f"(batch {self.batch_size}, {self.seconds:.1f} s)"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+# --------------------------------------------------------------------------------------------
+
+
+def _read_exclude(exclude: ExcludeSpec) -> list[str]:
+    """Normalised relative paths from a list, or from a text file of them."""
+    from affectfpn.recipes._data_common import normalize_relpath
+    from affectfpn.recipes.datasets import read_path_list
+
+    if isinstance(exclude, str | os.PathLike):
+        path = Path(exclude)
+        if not path.is_file():
+            raise InputError(
+                f"exclude={os.fspath(path)!r} is not a file; pass the path of a text file "
+                "listing relative image paths (one per line) or a list of such paths"
+            )
+        return read_path_list(path)
+    return [normalize_relpath(str(p), file="exclude", line=None) for p in exclude]
+
+
+def _is_affwild2_root(path: Path) -> bool:
+    return (path / "annotations").is_dir() and (path / "cropped_aligned").is_dir()
+
+
+def build_eval_dataset(
+    spec: str | os.PathLike[str],
+    config: AffectFPNConfig,
+    *,
+    exclude: ExcludeSpec | None = None,
+) -> Dataset[dict[str, Any]]:
+    """Turn a path into an evaluation dataset whose images fit a model's input.
+
+    The kind of data is recognised from the path:
+
+    * a folder with ``annotations/`` and ``cropped_aligned/`` sub-folders: Aff-Wild2 (ABAW2
+      layout), its **validation** split, as one multi-task dataset
+      (:class:`~affectfpn.recipes.datasets.AffWild2MultiTask`) over the tasks of ``config`` that
+      have a ``Validation_Set`` folder; frames with no valid label for them are dropped;
+    * a ``.csv`` file: a table of image paths and labels
+      (:class:`~affectfpn.recipes.datasets.LabelCSV`, paths relative to the CSV's folder);
+    * any other folder: expression class folders
+      (:class:`~affectfpn.recipes.datasets.ImageFolderExpressions`, e.g. FER2013's ``test``).
+
+    Every image goes through :func:`affectfpn.preprocess.eval_transform` (resized to
+    ``config.input_size``, uint8 ``3 x H x W``).
+
+    Args:
+        spec: the folder or CSV file.
+        config: the model's configuration (input size; tasks, for Aff-Wild2).
+        exclude: relative paths (or the path of a text file listing them, such as FER2013's
+            ``overlap_with_train.txt``) of images to leave out. For an image folder a path may be
+            relative to the folder or to its parent (``test/angry/x.jpg``); otherwise it is
+            compared with the sample keys (``<video>/<frame:05d>`` for Aff-Wild2, the CSV path).
+
+    Raises:
+        InputError: a path that does not exist or is not one of the kinds above.
+        DatasetError: malformed data (from the dataset classes).
+    """
+    from affectfpn.recipes.datasets import AffWild2MultiTask, ImageFolderExpressions, LabelCSV
+
+    path = Path(spec)
+    transform = eval_transform(config)
+    excluded = None if exclude is None else _read_exclude(exclude)
+    dataset: Dataset[dict[str, Any]]
+    if path.is_dir() and _is_affwild2_root(path):
+        ann = path / "annotations"
+        folders = {"va": "VA_Set", "expression": "EXPR_Set", "au": "AU_Set"}
+        tasks = [t for t in config.tasks if (ann / folders[t] / "Validation_Set").is_dir()]
+        if not tasks:
+            raise DatasetError(
+                f"Aff-Wild2 root {os.fspath(path)!r} has no Validation_Set annotations for the "
+                f"model's tasks {list(config.tasks)} (expected annotations/"
+                f"{{{','.join(folders[t] for t in config.tasks)}}}/Validation_Set/)"
+            )
+        dataset = AffWild2MultiTask(
+            path, "validation", tasks, drop_unlabelled=True, transform=transform
+        )
+        if excluded is not None:
+            dataset = _exclude_by_key(dataset, excluded)
+        return dataset
+    if path.is_file() and path.suffix.lower() == ".csv":
+        dataset = LabelCSV(path, transform=transform)
+        if excluded is not None:
+            dataset = _exclude_by_key(dataset, excluded)
+        return dataset
+    if path.is_dir() and (path / "annotations").is_dir():
+        raise InputError(
+            f"{os.fspath(path)!r} has annotations/ but no cropped_aligned/ image folder, so it is "
+            "not read as Aff-Wild2; for other image folders build the dataset yourself: "
+            "AffWild2MultiTask(root, 'validation', images=..., transform=eval_transform(config))"
+        )
+    if path.is_dir():
+        return ImageFolderExpressions(path, exclude=excluded, transform=transform)
+    if path.exists():
+        raise InputError(
+            f"dataset {os.fspath(path)!r} is a file but not a .csv; pass a folder of expression "
+            "class folders, an Aff-Wild2 root or a label CSV"
+        )
+    raise InputError(f"dataset {os.fspath(path)!r} does not exist; check the path")
+
+
+def _dataset_keys(dataset: Dataset[Any]) -> list[str] | None:
+    """The sample keys of a dataset (a ``keys`` list, or through a Subset); ``None`` if unknown."""
+    if isinstance(dataset, Subset):
+        inner = _dataset_keys(dataset.dataset)
+        return None if inner is None else [inner[int(i)] for i in dataset.indices]
+    keys = getattr(dataset, "keys", None)
+    return [str(k) for k in keys] if isinstance(keys, list) else None
+
+
+def _dataset_root(dataset: Dataset[Any]) -> Path | None:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    root = getattr(dataset, "root", None)
+    return Path(root) if isinstance(root, str | os.PathLike) else None
+
+
+def _exclude_by_key(dataset: Dataset[dict[str, Any]], exclude: Sequence[str]) -> Subset[Any]:
+    """Leave out the samples whose key is in ``exclude``.
+
+    A path also matches when it starts with the name of the dataset's root folder
+    (``test/angry/x.jpg`` for the key ``angry/x.jpg`` of a dataset rooted at ``.../test``).
+    """
+    keys = _dataset_keys(dataset)
+    if keys is None:
+        logger.warning("%r has no 'keys' list: reading every sample to get the keys", dataset)
+        keys = [str(dataset[i]["key"]) for i in range(len(dataset))]  # type: ignore[arg-type]
+    wanted = set(exclude)
+    root = _dataset_root(dataset)
+    prefixes = set()
+    if root is not None:
+        prefixes = {root.name, Path(os.path.realpath(root)).name} - {""}
+    keep = [
+        i
+        for i, key in enumerate(keys)
+        if key not in wanted and not any(f"{p}/{key}" in wanted for p in prefixes)
+    ]
+    dropped = len(keys) - len(keep)
+    if wanted and not dropped:
+        logger.warning(
+            "none of the %d exclude paths matched a sample key of %r; give paths relative to "
+            "the dataset root (or to its parent)",
+            len(wanted),
+            dataset,
+        )
+    return Subset(dataset, keep)
+
+
+def _describe(dataset: Dataset[Any]) -> str:
+    """A one-line description of a dataset for the report."""
+    from affectfpn.recipes.datasets import (
+        AffWild2,
+        AffWild2MultiTask,
+        ImageFolderExpressions,
+        LabelCSV,
+    )
+
+    if isinstance(dataset, Subset):
+        return f"{_describe(dataset.dataset)}, a subset of {len(dataset.indices)} samples"
+    if isinstance(dataset, ImageFolderExpressions):
+        return f"expression image folder {os.fspath(dataset.root)}"
+    if isinstance(dataset, LabelCSV):
+        return f"label CSV {os.fspath(dataset.csv_path)}"
+    if isinstance(dataset, AffWild2 | AffWild2MultiTask):
+        tasks = "+".join(dataset.tasks)
+        return f"Aff-Wild2 {dataset.split} ({tasks}) at {os.fspath(dataset.root)}"
+    kind = type(dataset).__name__
+    root = getattr(dataset, "root", None)
+    where = f" at {os.fspath(root)}" if isinstance(root, str | os.PathLike) else ""
+    return f"{getattr(dataset, 'name', kind)} ({kind}){where}"
+
+
+def _resolve_dataset(
+    dataset: DatasetSpec, config: AffectFPNConfig, exclude: ExcludeSpec | None
+) -> tuple[Dataset[dict[str, Any]], int, str]:
+    """The dataset to run, the number of samples excluded, and its description."""
+    if isinstance(dataset, str | os.PathLike):
+        ds = build_eval_dataset(dataset, config, exclude=exclude)
+        inner = ds.dataset if isinstance(ds, Subset) else ds
+        description = _describe(inner)
+        if isinstance(ds, Subset):
+            excluded = len(inner) - len(ds)  # type: ignore[arg-type]
+        else:
+            excluded = int(getattr(ds, "n_excluded", 0))
+        return ds, excluded, description
+    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__len__"):
+        raise InputError(
+            f"dataset must be a torch Dataset of sample dicts (with len()) or a path, got "
+            f"{type(dataset).__name__}"
+        )
+    description = _describe(dataset)
+    if exclude is None:
+        return dataset, 0, description
+    subset = _exclude_by_key(dataset, _read_exclude(exclude))
+    return subset, len(dataset) - len(subset), description
+
+
+# --------------------------------------------------------------------------------------------
+# Label alignment between model outputs and dataset labels
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Alignment:
+    """Which model outputs correspond to which label columns."""
+
+    class_names: tuple[str, ...]
+    expression_order: list[int] | None  # model logit index for each dataset class, or None
+    unit_names: tuple[str, ...]
+    au_model_cols: list[int]
+    au_label_cols: list[int]
+
+
+def _align(config: AffectFPNConfig) -> _Alignment:
+    expression_order: list[int] | None = None
+    class_names = tuple(config.expressions)
+    if set(config.expressions) == set(EXPRESSIONS):
+        if tuple(config.expressions) != EXPRESSIONS:
+            expression_order = [config.expressions.index(n) for n in EXPRESSIONS]
+        class_names = EXPRESSIONS
+    elif "expression" in config.tasks:
+        logger.warning(
+            "the model's expression names %s are not the dataset labels %s; scoring assumes "
+            "that class i of the model is class i of the labels",
+            list(config.expressions),
+            list(EXPRESSIONS),
+        )
+    units = [u for u in config.action_units if u in ACTION_UNITS]
+    if "au" in config.tasks and len(units) != len(config.action_units):
+        logger.warning(
+            "the model's action units %s are not all among the labelled %s; only %s are scored",
+            [u for u in config.action_units if u not in ACTION_UNITS],
+            list(ACTION_UNITS),
+            units,
+        )
+    return _Alignment(
+        class_names=class_names,
+        expression_order=expression_order,
+        unit_names=tuple(units),
+        au_model_cols=[config.action_units.index(u) for u in units],
+        au_label_cols=[ACTION_UNITS.index(u) for u in units],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def _check_args(batch_size: int, num_workers: int, au_threshold: float) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+    if not isinstance(au_threshold, int | float) or not 0.0 < float(au_threshold) < 1.0:
+        raise InputError(f"au_threshold must be a probability in (0, 1), got {au_threshold!r}")
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batches(
+    loader: DataLoader[dict[str, Any]], total: int, enabled: bool
+) -> Iterator[dict[str, Any]]:
+    """Iterate ``loader`` with a tqdm bar on stderr counting images (shown after 2 s)."""
+    if not enabled:
+        yield from loader
+        return
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total, desc="evaluate", unit="img", file=sys.stderr, delay=2.0, leave=False
+    ) as bar:
+        for batch in loader:
+            yield batch
+            bar.update(int(batch["image"].shape[0]))
+
+
+def _check_images(images: Any, config: AffectFPNConfig) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise InputError(
+            f"dataset samples must have 'image' tensors 3 x H x W, got a batch of {shape}; "
+            "build the dataset with transform=affectfpn.preprocess.eval_transform(model.config)"
+        )
+    h, w = config.input_size
+    if tuple(images.shape[2:]) != (h, w):
+        raise InputError(
+            f"dataset images are {images.shape[2]} x {images.shape[3]} but the model expects "
+            f"{h} x {w} (config.input_size); build the dataset with "
+            "transform=affectfpn.preprocess.eval_transform(model.config)"
+        )
+    return images
+
+
+def _labelled_counts(batch: Mapping[str, Any]) -> dict[str, int]:
+    out = {}
+    for task in TASKS:
+        mask = batch.get(f"{task}_mask")
+        if mask is None or task not in batch:
+            out[task] = 0
+            continue
+        m = torch.as_tensor(mask).bool()
+        out[task] = int(m.reshape(m.shape[0], -1).any(dim=1).sum())
+    return out
+
+
+def evaluate(
+    model: AffectFPN,
+    dataset: DatasetSpec,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    au_threshold: float = 0.5,
+    output: str | os.PathLike[str] | None = None,
+    exclude: ExcludeSpec | None = None,
+    model_name: str | None = None,
+    model_revision: str | None = None,
+) -> EvaluationReport:
+    """Score ``model`` on a labelled dataset with the ABAW2 metrics.
+
+    Every task that the model predicts *and* the labels cover is scored; a task the model lacks,
+    or one with no valid label in the data, is listed under ``not_scored`` instead. Images (uint8,
+    at the model's input size) are normalised on the device with
+    :func:`affectfpn.preprocess.normalize` and run under ``torch.inference_mode()``, with
+    autocast (bfloat16, else float16) on CUDA. The model is put in eval mode on ``device`` for the
+    run and returned to its device and mode afterwards.
+
+    Args:
+        model: the model.
+        dataset: a Dataset of training-sample dicts (images already through
+            :func:`affectfpn.preprocess.eval_transform`), or a path for
+            :func:`build_eval_dataset`: a folder of expression class folders (FER2013 ``test``),
+            an Aff-Wild2 root (validation split) or a label ``.csv``.
+        batch_size: images per batch.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` / ``"auto"`` picks
+            CUDA, then MPS, then the CPU.
+        num_workers: DataLoader worker processes reading images.
+        progress: show a tqdm progress bar on stderr (it appears only after 2 s).
+        au_threshold: an AU counts as present when its probability is above this.
+        output: also write the report as JSON to this path.
+        exclude: relative paths (or a text file listing them, like FER2013's
+            ``overlap_with_train.txt``) of images to leave out; see :func:`build_eval_dataset`.
+            For a dataset object they are matched against its sample keys.
+        model_name: the model's registry name, Hub repo id or folder, for the report.
+        model_revision: the weights' revision, for the report.
+
+    Returns:
+        The :class:`EvaluationReport`. Its JSON layout (``to_dict()``)::
+
+            {"format_version": 1, "affectfpn_version": "...", "created": "...",
+             "model": {"name", "revision", "tasks", "num_params", "config"},
+             "dataset": {"description", "num_samples", "excluded",
+                         "labelled": {"va": n, "expression": n, "au": n}},
+             "settings": {"batch_size", "device", "amp", "au_threshold"},
+             "timing": {"seconds", "images_per_second"},
+             "metrics": {task: {...}},            # see EvaluationReport.metrics
+             "not_scored": {task: reason}}
+
+    Raises:
+        InputError: an unusable dataset (empty, wrong image size) or argument.
+        DatasetError: malformed data files.
+        ConfigError: an unavailable ``device``.
+    """
+    _check_args(batch_size, num_workers, au_threshold)
+    if not isinstance(model, torch.nn.Module) or not isinstance(
+        getattr(model, "config", None), AffectFPNConfig
+    ):
+        raise InputError(f"model must be an AffectFPN, got {type(model).__name__}")
+    config = model.config
+    data, excluded, description = _resolve_dataset(dataset, config, exclude)
+    n_total = len(data)  # type: ignore[arg-type]
+    if n_total == 0:
+        raise InputError(f"dataset {description} has no samples to evaluate")
+
+    dev = resolve_device(device)
+    amp = _amp_dtype(dev)
+    align = _align(config)
+    meter_tasks = [t for t in config.tasks if t != "au" or align.unit_names]
+    meter = (
+        MultiTaskMeter(
+            meter_tasks,
+            num_classes=len(align.class_names),
+            num_units=max(len(align.unit_names), 1),
+            au_threshold=float(au_threshold),
+            au_from_logits=True,
+        )
+        if meter_tasks
+        else None
+    )
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    labelled = dict.fromkeys(TASKS, 0)
+    seen = 0
+    start = end = 0.0
+    try:
+        model.to(dev).eval()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for batch in _batches(loader, n_total, progress):
+                images = _check_images(batch.get("image"), config)
+                images = images.to(dev, non_blocking=True)
+                with _autocast(dev, amp):
+                    out = model(normalize(images, config))
+                seen += int(images.shape[0])
+                for task, n in _labelled_counts(batch).items():
+                    labelled[task] += n
+                if meter is not None:
+                    pred, target = _meter_inputs(out, batch, meter.tasks, align)
+                    meter.update(pred, target)
+        end = time.perf_counter()  # the meter read the last outputs back: the device is done
+    finally:
+        model.to(home)
+        model.train(was_training)
+    seconds = end - start
+
+    metrics: dict[str, dict[str, Any]] = {}
+    not_scored: dict[str, str] = {}
+    computed = meter.compute() if meter is not None else {}
+    for task in TASKS:
+        if task not in config.tasks:
+            if labelled[task]:
+                not_scored[task] = f"the model has no {task} head ({labelled[task]} labelled)"
+            continue
+        if task not in computed:
+            not_scored[task] = "none of the model's action units is labelled in the dataset"
+            continue
+        if not labelled[task]:
+            not_scored[task] = "no valid label in the dataset"
+            continue
+        metrics[task] = _task_metrics(task, computed[task], meter, align, float(au_threshold))
+    if not metrics:
+        logger.warning(
+            "nothing scored: the model predicts %s but the dataset labels %s",
+            list(config.tasks),
+            [t for t in TASKS if labelled[t]] or "nothing",
+        )
+
+    report = EvaluationReport(
+        metrics=metrics,
+        num_samples=seen,
+        labelled=labelled,
+        dataset=description,
+        not_scored=not_scored,
+        excluded=excluded,
+        model_name=model_name,
+        model_revision=model_revision,
+        model_tasks=tuple(config.tasks),
+        model_config=config.to_dict(),
+        num_params=sum(p.numel() for p in model.parameters()),
+        seconds=seconds,
+        images_per_second=seen / seconds if seconds > 0 else 0.0,
+        device=str(dev),
+        amp=None if amp is None else str(amp).removeprefix("torch."),
+        batch_size=batch_size,
+        au_threshold=float(au_threshold),
+        affectfpn_version=__version__,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    logger.info("%s", report.summary())
+    if output is not None:
+        report.to_json(output)
+    return report
+
+
+def _meter_inputs(
+    out: Any, batch: Mapping[str, Any], tasks: Sequence[str], align: _Alignment
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Per-task predictions (float32, label order) and targets for the meter."""
+    pred: dict[str, torch.Tensor] = {}
+    target: dict[str, Any] = {}
+    n = int(batch["image"].shape[0])
+    for task in tasks:
+        p = getattr(out, task, None)
+        if p is None:
+            continue
+        p = p.float()
+        if task in batch and f"{task}_mask" in batch:
+            t, m = batch[task], batch[f"{task}_mask"]
+        else:  # the samples carry no such label: score nothing for this task
+            t, m = _empty_label(task, n)
+        if task == "expression" and align.expression_order is not None:
+            p = p[:, align.expression_order]
+        if task == "au":
+            p = p[:, align.au_model_cols]
+            t = torch.as_tensor(t)[:, align.au_label_cols]
+            m = torch.as_tensor(m)[:, align.au_label_cols]
+        pred[task] = p
+        target[task] = t
+        target[f"{task}_mask"] = m
+    return pred, target
+
+
+def _empty_label(task: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if task == "va":
+        return torch.zeros(n, 2), torch.zeros(n, dtype=torch.bool)
+    if task == "expression":
+        return torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.bool)
+    k = len(ACTION_UNITS)
+    return torch.zeros(n, k), torch.zeros(n, k, dtype=torch.bool)
+
+
+def _task_metrics(
+    task: str,
+    values: Mapping[str, Any],
+    meter: MultiTaskMeter | None,
+    align: _Alignment,
+    threshold: float,
+) -> dict[str, Any]:
+    out = dict(values)
+    if meter is None:
+        return out
+    m = meter[task]
+    if task == "expression" and isinstance(m, ExpressionMeter):
+        cm = m.confusion
+        out["class_names"] = list(align.class_names)
+        out["support_per_class"] = [int(v) for v in cm.sum(axis=1)]
+        out["confusion_matrix"] = [[int(v) for v in row] for row in cm]
+    elif task == "au" and isinstance(m, AUMeter):
+        counts = m.counts  # TP, FP, FN, TN per unit
+        out["unit_names"] = list(align.unit_names)
+        out["positives_per_unit"] = [int(v) for v in counts[:, 0] + counts[:, 2]]
+        out["labelled_per_unit"] = [int(v) for v in counts.sum(axis=1)]
+        out["threshold"] = threshold
+    return out
