@@ -1,16 +1,28 @@
 """Recipe files: TOML descriptions of a training run, and the code that runs them.
 
-A recipe has the tables ``[model]`` (an :class:`~affectfpn.AffectFPNConfig`, or ``init`` = a
-pretrained model to start from), ``[data]`` (``train`` and ``val`` lists of dataset specs),
+A recipe (``kind = "train"``, the default) has the tables ``[model]`` (an
+:class:`~affectfpn.AffectFPNConfig`, plus ``init`` = a pretrained model to start from and
+``backbone_weights``), ``[data]`` (``train`` and ``val`` lists of dataset specs),
 ``[augment]`` (see :class:`affectfpn.recipes.augment.BatchAugment`), ``[train]``
-(:class:`~affectfpn.recipes.trainer.TrainSettings`) and ``[card]`` (model-card metadata).
+(:class:`~affectfpn.recipes.trainer.TrainSettings`) and ``[card]`` (model-card metadata). A
+``kind = "teacher-student"`` recipe describes the paper's whole pipeline; see
+:mod:`affectfpn.recipes.teacher_student`.
 
-String values may use ``${VAR}`` or ``${VAR:-default}``, expanded from the environment; relative
-paths are taken from the directory the command runs in. ``overrides`` (``"train.epochs=3"``)
-change any value from the command line.
+String values may use ``${VAR}`` or ``${VAR:-default}``, expanded from the environment (a
+``${VAR}`` whose variable is unset is an error; ``${VAR:-default}`` takes the default when the
+variable is unset or empty); relative paths are taken from the directory the command runs in.
+``overrides`` (``"train.epochs=3"``, the command line's ``--set``) change any value; they are
+applied before the expansion. Every table is checked when the recipe is loaded: an unknown
+setting is an error that names it.
+
+Run a recipe from the command line with::
+
+    python -m affectfpn.recipes.recipe recipes/fer2013.toml --set train.epochs=3
 """
 
+import argparse
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -28,12 +40,54 @@ from affectfpn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+#: Top-level keys of each kind of recipe.
+RECIPE_KEYS: dict[str, tuple[str, ...]] = {
+    "train": ("name", "kind", "output_dir", "model", "data", "augment", "train", "card"),
+    "teacher-student": (
+        "name",
+        "kind",
+        "output_dir",
+        "model",
+        "augment",
+        "train",
+        "card",
+        "teachers",
+        "pseudo",
+        "student",
+    ),
+}
+#: Keys of ``[model]`` besides the fields of :class:`~affectfpn.AffectFPNConfig`.
+MODEL_EXTRA_KEYS: tuple[str, ...] = ("init", "backbone_weights")
+#: Keys of ``[card]`` (see :meth:`affectfpn.AffectFPN.save_pretrained`).
+CARD_KEYS: tuple[str, ...] = (
+    "name",
+    "description",
+    "license",
+    "datasets",
+    "recipe",
+    "training",
+    "limitations",
+    "metrics",
+    "repo_id",
+)
+#: Keys of ``[data]``.
+DATA_KEYS: tuple[str, ...] = ("train", "val")
 
 
 @dataclass
 class Recipe:
-    """A parsed recipe file."""
+    """A parsed recipe file.
+
+    Attributes:
+        path: The file it was read from (``None`` when built from a dict).
+        name: The run's name (default: the file's stem).
+        kind: ``"train"`` or ``"teacher-student"``.
+        output_dir: Where the run writes (default: ``runs/<name>``).
+        data: The whole recipe after overrides and ``${VAR}`` expansion.
+        tables: ``data`` without ``name``, ``kind`` and ``output_dir``.
+    """
 
     path: Path | None
     name: str
@@ -43,18 +97,25 @@ class Recipe:
     tables: dict[str, Any] = field(default_factory=dict)
 
     def table(self, name: str) -> dict[str, Any]:
+        """A copy of one top-level table (empty when the recipe lacks it)."""
         value = self.tables.get(name, {})
         if not isinstance(value, Mapping):
             raise ConfigError(f"{self.source}: [{name}] must be a table")
-        return dict(value)
+        return copy.deepcopy(dict(value))
 
     @property
     def source(self) -> str:
+        """How error messages name this recipe."""
         return str(self.path) if self.path else f"recipe {self.name!r}"
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a recipe file, apply ``key.sub=value`` overrides and expand ``${VAR}``."""
+    """Read a recipe file, apply ``key.sub=value`` overrides and expand ``${VAR}``.
+
+    Raises:
+        ConfigError: a missing file, invalid TOML, an unset variable, an unknown setting or a
+            bad value (the message names the file and the setting).
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -68,22 +129,39 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 def recipe_from_dict(
     raw: Mapping[str, Any], *, overrides: Sequence[str] = (), path: Path | None = None
 ) -> Recipe:
-    """Build a :class:`Recipe` from an already parsed mapping."""
+    """Build (and check) a :class:`Recipe` from an already parsed mapping."""
     data = copy.deepcopy(dict(raw))
     for item in overrides:
         _apply_override(data, item)
-    data = _expand(data)
+    where = str(path) if path else "recipe"
+    data = _expand(data, where)
     name = str(data.get("name", path.stem if path else "recipe"))
     kind = str(data.get("kind", "train"))
-    if kind not in ("train", "teacher-student"):
-        raise ConfigError(f"{path or name}: kind {kind!r} is not 'train' or 'teacher-student'")
+    if kind not in RECIPE_KEYS:
+        raise ConfigError(f"{where}: kind {kind!r} is not 'train' or 'teacher-student'")
+    unknown = sorted(set(data) - set(RECIPE_KEYS[kind]))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {unknown} in a {kind!r} recipe; "
+            f"known: {list(RECIPE_KEYS[kind])}"
+        )
     output_dir = Path(str(data.get("output_dir", Path("runs") / name)))
     tables = {k: v for k, v in data.items() if k not in ("name", "kind", "output_dir")}
-    return Recipe(path=path, name=name, kind=kind, output_dir=output_dir, data=data, tables=tables)
+    recipe = Recipe(
+        path=path, name=name, kind=kind, output_dir=output_dir, data=data, tables=tables
+    )
+    if kind == "train":
+        check_stage_tables(recipe.tables, source=recipe.source)
+    else:
+        from affectfpn.recipes.teacher_student import check_teacher_student
+
+        check_teacher_student(recipe)
+    return recipe
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
+    key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     try:
@@ -91,7 +169,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     except tomllib.TOMLDecodeError:
         value = text  # a bare word is a string
     node = data
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
@@ -99,26 +177,103 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def _expand(value: Any) -> Any:
+def _expand(value: Any, where: str, at: str = "") -> Any:
     if isinstance(value, str):
-        return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+
+        def substitute(m: re.Match[str]) -> str:
+            name, has_default, default = m.group(1), m.group(2), m.group(3)
+            found = os.environ.get(name)
+            if has_default is not None:
+                return found if found else default
+            if found is None:
+                raise ConfigError(
+                    f"{where}: {at or 'a value'} uses ${{{name}}}, but the environment variable "
+                    f"{name} is not set; set it, or write ${{{name}:-default}}"
+                )
+            return found
+
+        return _VAR.sub(substitute, value)
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [_expand(v, where, f"{at}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: _expand(v, where, f"{at}.{k}" if at else str(k)) for k, v in value.items()}
     return value
 
 
-# ------------------------------------------------------------------------------------ data
-def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Dataset[Any]:
-    """Build one dataset from a recipe's spec: ``{type = "...", ...arguments}``.
+# ------------------------------------------------------------------------------------ checks
+def check_stage_tables(tables: Mapping[str, Any], *, source: str) -> None:
+    """Check the ``model``, ``data``, ``augment``, ``train`` and ``card`` tables of one stage.
 
-    Types: ``imagefolder``, ``csv``, ``affwild2``, ``affwild2-multitask``, ``affectnet``,
-    ``expw``. The remaining keys are the dataset class's keyword arguments.
+    Every key must be known and every value valid (datasets are not opened here).
+
+    Raises:
+        ConfigError: naming the table and the setting at fault.
     """
+    from affectfpn.recipes.augment import BatchAugment
+    from affectfpn.recipes.trainer import TrainSettings
+
+    for name in ("model", "data", "augment", "train", "card"):
+        value = tables.get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+    model = dict(tables.get("model", {}))
+    fields = [f.name for f in dataclasses.fields(AffectFPNConfig) if not f.name.startswith("_")]
+    _reject_unknown(model, [*fields, *MODEL_EXTRA_KEYS], f"{source} [model]")
+    if "init" not in model:
+        config_keys = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
+        AffectFPNConfig.from_dict(config_keys, source=f"{source} [model]")
+    TrainSettings.from_dict(tables.get("train", {}), source=f"{source} [train]")
+    augment = dict(tables.get("augment", {}))
+    _reject_unknown(
+        augment, [f.name for f in dataclasses.fields(BatchAugment)], f"{source} [augment]"
+    )
+    try:
+        BatchAugment(**augment)
+    except TypeError as err:
+        raise ConfigError(f"{source} [augment]: {err}") from None
+    _reject_unknown(dict(tables.get("card", {})), CARD_KEYS, f"{source} [card]")
+    data = dict(tables.get("data", {}))
+    _reject_unknown(data, DATA_KEYS, f"{source} [data]")
+    for split in DATA_KEYS:
+        for spec in _spec_list(data.get(split), f"{source} [data.{split}]"):
+            _check_spec(spec, f"{source} [data.{split}]")
+
+
+def _reject_unknown(table: Mapping[str, Any], known: Sequence[str], source: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+
+
+def _spec_list(specs: Any, source: str) -> list[Mapping[str, Any]]:
+    if specs is None:
+        return []
+    if isinstance(specs, Mapping):
+        return [specs]
+    if isinstance(specs, list) and all(isinstance(s, Mapping) for s in specs):
+        return list(specs)
+    raise ConfigError(
+        f'{source}: a dataset must be a table such as {{ type = "imagefolder", root = "..." }}'
+        ", or a list of them"
+    )
+
+
+def _check_spec(spec: Mapping[str, Any], source: str) -> None:
+    kind = spec.get("type")
+    if kind not in dataset_types():
+        raise ConfigError(
+            f"{source}: dataset type {kind!r} is not one of {sorted(dataset_types())}"
+        )
+    if "transform" in spec:
+        raise ConfigError(f"{source}: 'transform' is set by the recipe, not in a dataset table")
+
+
+# ------------------------------------------------------------------------------------ data
+def dataset_types() -> dict[str, Any]:
+    """The dataset ``type`` names a recipe may use, and their classes."""
     from affectfpn.recipes import datasets as ds
 
-    builders: dict[str, Any] = {
+    return {
         "imagefolder": ds.ImageFolderExpressions,
         "csv": ds.LabelCSV,
         "affwild2": ds.AffWild2,
@@ -126,6 +281,17 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
         "affectnet": ds.AffectNet,
         "expw": ds.ExpW,
     }
+
+
+def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Dataset[Any]:
+    """Build one dataset from a recipe's spec: ``{type = "...", ...arguments}``.
+
+    Types: ``imagefolder``, ``csv``, ``affwild2``, ``affwild2-multitask``, ``affectnet``,
+    ``expw``. The remaining keys are the dataset class's keyword arguments.
+    """
+    builders = dataset_types()
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{source}: a dataset must be a table with a 'type'")
     spec = dict(spec)
     kind = spec.pop("type", None)
     if kind not in builders:
@@ -138,11 +304,12 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
 
 
 def build_datasets(specs: Any, *, transform: Any, source: str) -> Dataset[Any] | None:
-    """Build and concatenate a list of dataset specs (``None`` for an empty list)."""
-    if specs is None:
-        return None
-    if isinstance(specs, Mapping):
-        specs = [specs]
+    """Build and concatenate a list of dataset specs (``None`` for an empty list).
+
+    Several specs become a :class:`~affectfpn.recipes.datasets.MixedDataset` whose keys are
+    prefixed with ``"<position>-<type>:"``, so that parts can never collide.
+    """
+    specs = _spec_list(specs, source)
     parts = [build_dataset(s, transform=transform, source=source) for s in specs]
     if not parts:
         return None
@@ -150,26 +317,44 @@ def build_datasets(specs: Any, *, transform: Any, source: str) -> Dataset[Any] |
         return parts[0]
     from affectfpn.recipes.datasets import MixedDataset
 
-    # Prefix keys with the part's position and type so that parts can never collide.
     names = [f"{i}-{dict(s).get('type', 'data')}" for i, s in enumerate(specs)]
     return MixedDataset(parts, names=names)
 
 
 # ------------------------------------------------------------------------------------ running
 def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> Any:
-    """The model a recipe starts from: ``[model] init = ...`` or a fresh one from its config."""
+    """The model a recipe starts from: ``[model] init = ...`` or a fresh one from its config.
+
+    With ``init`` (a registered model name, a folder or a Hub repo id), the other ``[model]``
+    values change the pretrained configuration (for instance ``tasks``); every tensor whose name
+    and shape still match is kept, the others (new heads) are initialised afresh, and heads of
+    tasks that were dropped are left out. ``backbone_weights`` (``"imagenet"`` or a file; ``""``
+    or ``"none"`` for none) initialises the backbone of a fresh model and is ignored with
+    ``init``.
+    """
     from affectfpn.models.affectfpn import AffectFPN
 
     table = recipe.table("model")
     init = table.pop("init", None)
     backbone_weights = table.pop("backbone_weights", None)
+    if isinstance(backbone_weights, str) and backbone_weights.lower() in ("", "none"):
+        backbone_weights = None
     if tasks is not None:
         table["tasks"] = list(tasks)
+    fields = {f.name for f in dataclasses.fields(AffectFPNConfig) if not f.name.startswith("_")}
+    _reject_unknown(table, sorted(fields), f"{recipe.source} [model]")
     if init is not None:
-        model = AffectFPN.from_pretrained(init)
+        if backbone_weights is not None:
+            logger.info("[model] init is set: backbone_weights %r is not used", backbone_weights)
+        model = AffectFPN.from_pretrained(str(init))
         if table:
-            # Fine-tuning may change the tasks (new heads) or the input size.
-            wanted = model.config.replace(**table)
+            # Fine-tuning may change the tasks (new heads) or other settings.
+            try:
+                wanted = model.config.replace(**table)
+            except TypeError as err:
+                raise ConfigError(f"{recipe.source} [model]: {err}") from None
+            except ConfigError as err:
+                raise ConfigError(f"{recipe.source} [model]: {err}") from None
             if wanted != model.config:
                 fresh = AffectFPN(wanted)
                 own = fresh.state_dict()
@@ -179,8 +364,17 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
                     if k in own and own[k].shape == v.shape
                 }
                 fresh.load_state_dict(shared, strict=False)
+                new = sorted(set(own) - set(shared))
+                if any(not k.startswith("heads.") for k in new):
+                    logger.warning(
+                        "started from %s: %d tensors outside the heads do not match the new "
+                        "[model] settings and were initialised afresh: %s",
+                        init,
+                        sum(not k.startswith("heads.") for k in new),
+                        ", ".join(k for k in new if not k.startswith("heads."))[:300],
+                    )
                 logger.info(
-                    "started from %s, re-initialised %d tensors", init, len(own) - len(shared)
+                    "started from %s; initialised afresh: %s", init, ", ".join(new) or "nothing"
                 )
                 model = fresh
         return model.train()
@@ -194,15 +388,31 @@ def train_from_recipe(
     output_dir: str | Path | None = None,
     tasks: Sequence[str] | None = None,
     train_set: Dataset[Any] | None = None,
+    val_set: Dataset[Any] | None = None,
+    model: Any | None = None,
     resume: bool = True,
 ) -> dict[str, Any]:
-    """Run a ``kind = "train"`` recipe (or one stage of a larger one). Returns the summary."""
+    """Run a ``kind = "train"`` recipe (or one stage of a larger one). Returns the summary.
+
+    Args:
+        recipe: The recipe.
+        output_dir: Where to write (default: the recipe's ``output_dir``).
+        tasks: Train a model with these tasks instead of ``[model] tasks``.
+        train_set: Use this training set instead of ``[data] train``.
+        val_set: Use this validation set instead of ``[data] val``.
+        model: Train this model instead of the one ``[model]`` describes.
+        resume: Continue from the output folder's ``last.pt`` if there is one.
+
+    Returns:
+        :meth:`~affectfpn.recipes.trainer.Trainer.fit`'s summary.
+    """
     from affectfpn.preprocess import eval_transform
     from affectfpn.recipes.augment import BatchAugment
     from affectfpn.recipes.trainer import Trainer, TrainSettings
 
     settings = TrainSettings.from_dict(recipe.table("train"), source=f"{recipe.source} [train]")
-    model = model_from_recipe(recipe, tasks=tasks)
+    if model is None:
+        model = model_from_recipe(recipe, tasks=tasks)
     data = recipe.table("data")
     try:
         augment = BatchAugment(**recipe.table("augment"))
@@ -216,11 +426,12 @@ def train_from_recipe(
         )
     if train_set is None:
         raise ConfigError(f"{recipe.source}: [data] train lists no dataset")
-    val_set = build_datasets(
-        data.get("val"),
-        transform=eval_transform(model.config),
-        source=f"{recipe.source} [data.val]",
-    )
+    if val_set is None:
+        val_set = build_datasets(
+            data.get("val"),
+            transform=eval_transform(model.config),
+            source=f"{recipe.source} [data.val]",
+        )
     out = Path(output_dir) if output_dir is not None else recipe.output_dir
     card = recipe.table("card")
     card.setdefault("name", recipe.name)
@@ -236,8 +447,9 @@ def train_from_recipe(
         model_card=card,
         augment=augment,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(recipe.data, indent=2), encoding="utf-8")
+    if trainer.dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(recipe.data, indent=2), encoding="utf-8")
     return trainer.fit(resume=resume)
 
 
@@ -247,7 +459,13 @@ def run_recipe(
     overrides: Sequence[str] = (),
     stages: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run a recipe file from start to end (resuming finished or interrupted stages)."""
+    """Run a recipe file from start to end (resuming finished or interrupted stages).
+
+    Args:
+        path_or_recipe: A recipe file or a loaded :class:`Recipe`.
+        overrides: ``section.key=value`` changes (only with a path).
+        stages: For a teacher-student recipe, the stages to run (default: all of them).
+    """
     recipe = (
         path_or_recipe
         if isinstance(path_or_recipe, Recipe)
@@ -257,16 +475,58 @@ def run_recipe(
         from affectfpn.recipes.teacher_student import run_teacher_student
 
         return run_teacher_student(recipe, stages=stages)
+    if stages is not None:
+        raise ConfigError(f"{recipe.source}: stages apply to teacher-student recipes only")
     return train_from_recipe(recipe)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m affectfpn.recipes.recipe RECIPE [--set k=v] [--stage S]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m affectfpn.recipes.recipe", description="Run an affectfpn recipe."
+    )
+    parser.add_argument("recipe", help="the recipe file (TOML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a setting, e.g. --set train.epochs=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--stage",
+        dest="stages",
+        action="append",
+        default=None,
+        help="teacher-student only: teachers, pseudo, student or evaluate (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    summary = run_recipe(args.recipe, overrides=args.overrides, stages=args.stages)
+    logger.info("done: %s", json.dumps(_short(summary), default=str))
+    return 0
+
+
+def _short(summary: Any) -> Any:
+    if isinstance(summary, Mapping):
+        return {k: _short(v) for k, v in summary.items() if k != "history"}
+    return summary
 
 
 __all__ = [
     "Recipe",
     "build_dataset",
     "build_datasets",
+    "check_stage_tables",
+    "dataset_types",
     "load_recipe",
+    "main",
     "model_from_recipe",
     "recipe_from_dict",
     "run_recipe",
     "train_from_recipe",
 ]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,11 +9,15 @@
 * On CUDA: mixed precision (bf16, or fp16 with a gradient scaler), channels_last, pinned memory.
 * Only rank 0 writes files: ``last.pt`` (resumable checkpoint, read back with
   ``torch.load(weights_only=True)``), ``best/`` (a Hub-ready folder of the best epoch by the
-  validation score), ``metrics.jsonl`` and ``metrics.csv`` (one row per epoch).
+  validation score), ``metrics.jsonl`` and ``metrics.csv`` (one row per finished epoch, rewritten
+  from the checkpoint's history so that an interrupted epoch never leaves a duplicate row) and,
+  once every epoch is done, ``done.json``.
 """
 
 import csv
 import dataclasses
+import datetime
+import io
 import json
 import logging
 import math
@@ -33,7 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from affectfpn._device import resolve_device
-from affectfpn.errors import ConfigError
+from affectfpn.errors import AffectFPNError, ConfigError
+from affectfpn.labels import TASKS
 from affectfpn.metrics import MultiTaskMeter
 from affectfpn.models.affectfpn import AffectFPN
 from affectfpn.preprocess import normalize
@@ -44,6 +49,26 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
+#: Marker written by :meth:`Trainer.fit` once every epoch of a run is done.
+DONE_NAME = "done.json"
+#: Settings whose change between a checkpoint and a resumed run alters the training trajectory.
+_TRAJECTORY_SETTINGS = (
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "schedule",
+    "warmup_epochs",
+    "min_lr_ratio",
+    "epoch_fraction",
+    "task_weights",
+    "label_smoothing",
+    "grad_clip",
+    "seed",
+    "max_steps_per_epoch",
+)
 
 
 @dataclass
@@ -97,6 +122,28 @@ class TrainSettings:
                 raise ConfigError(f"train.{name} must be at least 1")
         if self.lr <= 0:
             raise ConfigError("train.lr must be positive")
+        if not isinstance(self.task_weights, Mapping):
+            raise ConfigError("train.task_weights must be a table such as {va = 1.0, au = 2.0}")
+        for task, weight in self.task_weights.items():
+            if task not in TASKS:
+                raise ConfigError(
+                    f"train.task_weights: unknown task {task!r}; the tasks are {list(TASKS)}"
+                )
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise ConfigError(f"train.task_weights.{task} must be a number, got {weight!r}")
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"train.task_weights.{task} must be finite and >= 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError("train.grad_clip must be positive (or left out)")
+        if int(self.num_workers) < 0:
+            raise ConfigError("train.num_workers must be 0 or more")
+        if self.max_steps_per_epoch is not None and int(self.max_steps_per_epoch) < 1:
+            raise ConfigError("train.max_steps_per_epoch must be at least 1 (or left out)")
+        if self.select_metric != "score" and "/" not in self.select_metric:
+            raise ConfigError(
+                f"train.select_metric {self.select_metric!r} must be 'score' or 'task/metric' "
+                "such as 'expression/accuracy'"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "train") -> "TrainSettings":
@@ -105,7 +152,10 @@ class TrainSettings:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
-        return cls(**dict(data))
+        try:
+            return cls(**dict(data))
+        except (TypeError, ValueError) as err:  # ConfigError included: name the source
+            raise ConfigError(f"{source}: {err}") from None
 
 
 # ------------------------------------------------------------------------------ distribution
@@ -122,10 +172,15 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> DistInfo:
+def init_distributed(device_type: str, *, timeout: datetime.timedelta | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (if any).
 
     NCCL on CUDA, gloo on the CPU. A single process returns the trivial :class:`DistInfo`.
+
+    Args:
+        device_type: ``"cuda"`` or another device type.
+        timeout: How long a collective waits for the other processes (default: PyTorch's);
+            raise it when one rank works alone for long while the others wait.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -136,7 +191,10 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        if timeout is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
 
 
@@ -160,6 +218,12 @@ class EpochFractionSampler(Sampler[int]):
     ) -> None:
         if size <= 0:
             raise ConfigError("the training dataset is empty")
+        if size < world_size:
+            raise ConfigError(
+                f"the training dataset has {size} samples, fewer than the {world_size} processes"
+            )
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"the epoch fraction must be in (0, 1], got {fraction}")
         self.size = size
         self.fraction = fraction
         self.seed = seed
@@ -169,7 +233,12 @@ class EpochFractionSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose sample the next iteration draws."""
         self.epoch = epoch
+
+    def _count(self) -> int:
+        count = min(self.size, max(self.world_size, round(self.size * self.fraction)))
+        return count - count % self.world_size
 
     def epoch_indices(self) -> list[int]:
         """All ranks' indices for this epoch, before splitting."""
@@ -178,16 +247,13 @@ class EpochFractionSampler(Sampler[int]):
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
-        count = max(self.world_size, round(self.size * self.fraction))
-        count -= count % self.world_size
-        return order[:count]
+        return order[: self._count()]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.epoch_indices()[self.rank :: self.world_size])
 
     def __len__(self) -> int:
-        count = max(self.world_size, round(self.size * self.fraction))
-        return (count - count % self.world_size) // self.world_size
+        return self._count() // self.world_size
 
 
 def _mix(*values: int) -> int:
@@ -366,10 +432,16 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path:
+        """Where the resumable checkpoint lives: ``<output_dir>/last.pt``."""
         return self.output_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self) -> None:
-        """Write ``last.pt`` atomically (rank 0 only)."""
+        """Write ``last.pt`` atomically (rank 0 only).
+
+        The state goes to a temporary file in the same folder, is flushed to the disk, and then
+        renamed over ``last.pt``: a process killed at any moment leaves either the previous
+        checkpoint or the new one, never a partial file.
+        """
         if not self.dist.is_main:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -387,26 +459,58 @@ class Trainer:
             "settings": json.dumps(dataclasses.asdict(self.settings)),
         }
         tmp = self.checkpoint_path.with_name(f".{CHECKPOINT_NAME}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.checkpoint_path)
+        finally:
+            tmp.unlink(missing_ok=True)
         _fsync_dir(self.output_dir)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files that a killed process left in the output folder."""
+        if not self.dist.is_main or not self.output_dir.is_dir():
+            return
+        for pattern in (f".{CHECKPOINT_NAME}.*.tmp", ".partial.*.tmp"):
+            for stale in self.output_dir.glob(pattern):
+                logger.info("removing %s, left by an interrupted run", stale)
+                stale.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
         """Resume from ``last.pt`` if it exists; returns whether it did."""
         path = Path(path) if path is not None else self.checkpoint_path
         if not path.is_file():
             return False
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path}: checkpoint format {state.get('format')} not understood")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged file: name it and say what to do
+            raise ConfigError(
+                f"{path}: cannot read this checkpoint ({err}); delete it to start over"
+            ) from err
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else None
+            raise ConfigError(f"{path}: checkpoint format {found} not understood")
         saved_config = json.loads(state["config"])
         if saved_config != self.model.config.to_dict():
             raise ConfigError(
                 f"{path}: this checkpoint was written for another model configuration; "
                 "use a new output folder or the same recipe"
+            )
+        saved_settings = json.loads(state.get("settings", "{}"))
+        now = dataclasses.asdict(self.settings)
+        changed = [k for k in _TRAJECTORY_SETTINGS if saved_settings.get(k, now[k]) != now[k]]
+        if saved_settings.get("epochs", now["epochs"]) != now["epochs"] and (
+            now["schedule"] != "constant"
+        ):
+            changed.append("epochs")  # the schedule spans all epochs
+        if changed:
+            logger.warning(
+                "%s was written with other values of %s; the resumed run will not match an "
+                "uninterrupted one",
+                path,
+                ", ".join(f"train.{k}" for k in changed),
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -420,15 +524,25 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, *, resume: bool = True) -> dict[str, Any]:
+    def fit(self, *, resume: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
         """Train for ``settings.epochs`` epochs (continuing from ``last.pt`` when ``resume``).
 
-        Returns a summary: best epoch, best validation score and the last epoch's metrics.
+        Args:
+            resume: Continue from ``last.pt`` when it exists (a finished run returns at once).
+            stop_after_epoch: Return once this many epochs are done, leaving a checkpoint to
+                resume from later; the schedule still spans ``settings.epochs``, so a run
+                trained in slices ends exactly where an uninterrupted run ends.
+
+        Returns:
+            A summary: ``best_epoch`` (0-based), ``best_score``, ``history`` (one record per
+            epoch), ``output_dir`` and ``finished`` (whether every epoch is done).
         """
-        if resume:
-            self.load_checkpoint()
         s = self.settings
-        while self.epoch < s.epochs:
+        self._remove_stale_temporaries()
+        if resume and self.load_checkpoint():
+            self._write_logs()  # drop rows of an epoch that was interrupted after logging
+        end = s.epochs if stop_after_epoch is None else min(s.epochs, int(stop_after_epoch))
+        while self.epoch < end:
             record = self.train_one_epoch(self.epoch)
             if self.val_set is not None and (
                 (self.epoch + 1) % s.eval_every == 0 or self.epoch + 1 == s.epochs
@@ -445,8 +559,13 @@ class Trainer:
                 self._save_best({})
             self.epoch += 1
             self.history.append(record)
-            self._log(record)
             self.save_checkpoint()
+            self._write_logs()
+            self._log_epoch(record)
+        self._sync_buffers()
+        finished = self.epoch >= s.epochs
+        if finished:
+            self._write_done()
         if self.dist.world_size > 1:
             dist.barrier()
         return {
@@ -454,6 +573,7 @@ class Trainer:
             "best_score": self.best_score,
             "history": self.history,
             "output_dir": str(self.output_dir),
+            "finished": finished,
         }
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
@@ -483,6 +603,13 @@ class Trainer:
             loss, parts = multitask_loss(
                 output, batch, weights=s.task_weights, label_smoothing=s.label_smoothing
             )
+            if not torch.isfinite(loss.detach()):
+                values = {k: float(v.detach()) for k, v in parts.items()}
+                raise AffectFPNError(
+                    f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step "
+                    f"{step + 1} (task losses: {values}); lower train.lr, set train.grad_clip, "
+                    "or check the labels"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if s.grad_clip:
@@ -512,6 +639,7 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self, dataset: Dataset[dict[str, Any]]) -> dict[str, Any]:
         """Score the model on ``dataset`` (split across ranks, merged) with the ABAW2 metrics."""
+        self._sync_buffers()
         self.model.eval()
         size = len(dataset)  # type: ignore[arg-type]
         indices = list(range(self.dist.rank, size, self.dist.world_size))
@@ -528,6 +656,18 @@ class Trainer:
                 m.sync()
         return {task: values for task, values in meter.compute().items()}
 
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm statistics).
+
+        DistributedDataParallel copies rank 0's buffers to the others at the start of each
+        forward pass, so after the last training step each rank holds the statistics of its own
+        batch; validation (and the weights a caller reads) must use the ones rank 0 saves.
+        """
+        if self.dist.world_size <= 1:
+            return
+        for buffer in self.model.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def _save_best(self, metrics: Mapping[str, Any]) -> None:
         if not self.dist.is_main:
             return
@@ -543,28 +683,71 @@ class Trainer:
             card["metrics"] = {**card["metrics"], "validation": flat}
         self.model.save_pretrained(self.output_dir / "best", model_card=card)
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _write_logs(self) -> None:
+        """Rewrite ``metrics.jsonl`` and ``metrics.csv`` from the history (rank 0, atomic)."""
         if not self.dist.is_main:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        flat = _flatten(record)
-        path = self.output_dir / "metrics.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        rows.append({k: str(v) for k, v in flat.items()})
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        _atomic_text(self.output_dir / "metrics.jsonl", lines)
+        rows = [{k: _csv_cell(v) for k, v in _flatten(r).items()} for r in self.history]
         columns: list[str] = []
         for row in rows:
             columns += [c for c in row if c not in columns]
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        summary = {k: v for k, v in flat.items() if not isinstance(v, list)}
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic_text(self.output_dir / "metrics.csv", buffer.getvalue())
+
+    def _log_epoch(self, record: Mapping[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        summary = {k: v for k, v in _flatten(record).items() if not isinstance(v, list)}
         logger.info("epoch %s: %s", record["epoch"], summary)
+
+    def _write_done(self) -> None:
+        if not self.dist.is_main:
+            return
+        done: dict[str, Any] = {
+            "epochs": self.epoch,
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score if math.isfinite(self.best_score) else None,
+        }
+        path = self.output_dir / DONE_NAME
+        if path.is_file():
+            try:
+                old = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = None
+            if isinstance(old, dict) and all(old.get(k) == v for k, v in done.items()):
+                return  # unchanged: keep the first finishing time
+        done["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _atomic_text(path, json.dumps(done, indent=2) + "\n")
+
+
+def training_finished(output_dir: str | Path, epochs: int) -> bool:
+    """Whether a run in ``output_dir`` already trained ``epochs`` epochs.
+
+    True when its ``done.json`` says so, or (for runs stopped just before writing the marker)
+    when ``last.pt`` holds that many epochs.
+    """
+    folder = Path(output_dir)
+    done = folder / DONE_NAME
+    if done.is_file():
+        try:
+            if int(json.loads(done.read_text(encoding="utf-8"))["epochs"]) >= epochs:
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    last = folder / CHECKPOINT_NAME
+    if last.is_file():
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+            return int(state["epoch"]) >= epochs
+        except Exception:  # an unreadable checkpoint is not a finished run
+            return False
+    return False
 
 
 class _ListSampler(Sampler[int]):
@@ -604,6 +787,20 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def _csv_cell(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    """Write a small text file through a temporary file and a rename."""
+    tmp = path.with_name(f".partial.{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
