@@ -623,7 +623,7 @@ class Trainer:
             for k, v in {"loss": loss, **parts}.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             if hasattr(bar, "set_postfix") and step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}")
         elapsed = time.perf_counter() - start
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -821,4 +821,5 @@ def _progress(iterable: Any, *, total: int, desc: str, enabled: bool) -> Any:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (logs, CI).
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
