@@ -1,0 +1,473 @@
+"""Outputs of video prediction: CSV table, ABAW2 submission files, annotated video, VA plot.
+
+Each writer is a small *sink* (``add(frame)`` then ``close()``), so that one pass over a video
+can feed several outputs (:func:`affectfpn.video.analyze_video`); the public functions in
+:mod:`affectfpn.video` loop one sink over an iterator. Nothing here keeps more than one frame.
+"""
+
+import csv
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+
+from affectfpn._video_result import VideoResult, main_face
+from affectfpn._video_types import FramePrediction
+from affectfpn.errors import AffectFPNError, InputError, require_extra
+from affectfpn.inference.draw import draw
+from affectfpn.inference.results import table_columns, to_rows
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
+
+__all__ = [
+    "ABAW2_DEFAULTS",
+    "ABAW2_HEADERS",
+    "ABAW2_TASK_DIRS",
+    "AbawSink",
+    "CsvSink",
+    "VideoSink",
+    "frame_of",
+    "plot_va",
+    "video_table_columns",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Header line of each ABAW2 task file (the Aff-Wild2 annotation headers).
+ABAW2_HEADERS: dict[str, str] = {
+    "va": "valence,arousal",
+    "expression": ",".join(EXPRESSIONS),
+    "au": ",".join(ACTION_UNITS),
+}
+#: Sub-folder of ``out_dir`` per task, named like the Aff-Wild2 annotation folders.
+ABAW2_TASK_DIRS: dict[str, str] = {"va": "VA_Set", "expression": "EXPR_Set", "au": "AU_Set"}
+#: Row written for frames before the first face: VA 0,0; expression 0 (Neutral); no AU active.
+ABAW2_DEFAULTS: dict[str, str] = {
+    "va": "0,0",
+    "expression": "0",
+    "au": ",".join("0" for _ in ACTION_UNITS),
+}
+_VIDEO_COLUMNS = ("frame", "timestamp")
+_BAD_NAME = re.compile(r"[\\/\x00]")
+
+
+def frame_of(item: object) -> FramePrediction:
+    """The :class:`FramePrediction` of an item: a frame, or a ``(frame, image)`` pair."""
+    if isinstance(item, tuple) and len(item) == 2:
+        item = item[0]
+    if not isinstance(item, FramePrediction):
+        raise InputError(
+            f"expected FramePrediction objects (or (frame, image) pairs) from predict_video, got "
+            f"{type(item).__name__}"
+        )
+    return item
+
+
+def _format(value: object, precision: int) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{precision}f}"
+    return value
+
+
+def video_table_columns(
+    expressions: Sequence[str] = EXPRESSIONS,
+    action_units: Sequence[str] = ACTION_UNITS,
+    tasks: Sequence[str] = TASKS,
+) -> list[str]:
+    """Columns of :func:`~affectfpn.video.write_video_csv`: ``frame``, ``timestamp``, then
+    :func:`~affectfpn.inference.table_columns`."""
+    return [*_VIDEO_COLUMNS, *table_columns(expressions, action_units, tasks)]
+
+
+class CsvSink:
+    """Write one CSV row per (frame, face), and one ``success`` 0 row per frame without faces."""
+
+    def __init__(
+        self,
+        path_or_file: str | os.PathLike[str] | TextIO,
+        *,
+        expressions: Sequence[str] = EXPRESSIONS,
+        action_units: Sequence[str] = ACTION_UNITS,
+        tasks: Sequence[str] = TASKS,
+        precision: int = 6,
+    ) -> None:
+        if isinstance(precision, bool) or not isinstance(precision, int) or precision < 0:
+            raise InputError(f"precision must be an integer >= 0, got {precision!r}")
+        self.columns = video_table_columns(expressions, action_units, tasks)
+        self._options: dict[str, Any] = {
+            "expressions": tuple(expressions),
+            "action_units": tuple(action_units),
+            "tasks": tuple(tasks),
+        }
+        self._precision = precision
+        self._owned: TextIO | None = None
+        if isinstance(path_or_file, (str, os.PathLike)):
+            self._owned = open(path_or_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            handle: TextIO = self._owned
+        elif callable(getattr(path_or_file, "write", None)):
+            handle = path_or_file
+        else:
+            raise InputError(
+                f"path_or_file must be a path or an open text file, got {type(path_or_file)}"
+            )
+        self._writer = csv.writer(handle)
+        self._writer.writerow(self.columns)
+        self.rows = 0
+
+    def add(self, frame: FramePrediction) -> None:
+        """Write the rows of one frame."""
+        for row in to_rows(frame, **self._options):
+            row = {"frame": frame.index, "timestamp": frame.timestamp, **row}
+            self._writer.writerow([_format(row[c], self._precision) for c in self.columns])
+            self.rows += 1
+
+    def close(self) -> None:
+        """Close the file if it was opened here."""
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
+
+class AbawSink:
+    """Write ABAW2 submission files: one per task, a header, then one line per video frame."""
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        video_name: str,
+        *,
+        tasks: Sequence[str] = TASKS,
+        precision: int = 6,
+    ) -> None:
+        if not isinstance(video_name, str) or not video_name or _BAD_NAME.search(video_name):
+            raise InputError(
+                f"video_name={video_name!r} must be a non-empty file name without slashes, "
+                "e.g. '4-30-1920x1080' (the Aff-Wild2 video name)"
+            )
+        if isinstance(tasks, str):
+            tasks = (tasks,)
+        unknown = [task for task in tasks if task not in ABAW2_HEADERS]
+        if unknown or not tasks or len(set(tasks)) != len(tasks):
+            raise InputError(f"tasks={tuple(tasks)!r} must be distinct names among {TASKS}")
+        if isinstance(precision, bool) or not isinstance(precision, int) or precision < 0:
+            raise InputError(f"precision must be an integer >= 0, got {precision!r}")
+        self.tasks = tuple(task for task in TASKS if task in tasks)
+        self._precision = precision
+        self.paths: dict[str, Path] = {}
+        self._files: dict[str, TextIO] = {}
+        root = Path(out_dir).expanduser()
+        try:
+            for task in self.tasks:
+                folder = root / ABAW2_TASK_DIRS[task]
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{video_name}.txt"
+                handle = open(path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+                handle.write(ABAW2_HEADERS[task] + "\n")
+                self.paths[task] = path
+                self._files[task] = handle
+        except OSError as error:
+            self.close()
+            raise InputError(f"cannot write ABAW2 files under {root}: {error}") from None
+        self._last: dict[str, str] = dict(ABAW2_DEFAULTS)
+        self.lines = 0  # rows written per file (the next frame index to write)
+
+    def _lines(self, frame: FramePrediction) -> dict[str, str]:
+        face = main_face(frame.faces)
+        if face is None:
+            return self._last
+        lines: dict[str, str] = {}
+        where = f"face {face.face_id} of {frame.source!r}"
+        p = self._precision
+        if "va" in self.tasks:
+            if face.va is None:
+                raise InputError(f"{where} has no valence/arousal: leave 'va' out of tasks")
+            lines["va"] = f"{face.va.valence:.{p}f},{face.va.arousal:.{p}f}"
+        if "expression" in self.tasks:
+            if face.expression is None:
+                raise InputError(f"{where} has no expression: leave 'expression' out of tasks")
+            label = face.expression.label
+            if label not in EXPRESSIONS:
+                raise InputError(
+                    f"{where}: expression {label!r} is not an ABAW2 class {EXPRESSIONS}; the "
+                    "model's expression names must be the Aff-Wild2 ones"
+                )
+            lines["expression"] = str(EXPRESSIONS.index(label))
+        if "au" in self.tasks:
+            if face.aus is None:
+                raise InputError(f"{where} has no action units: leave 'au' out of tasks")
+            missing = [name for name in ACTION_UNITS if name not in face.aus.probabilities]
+            if missing:
+                raise InputError(f"{where} lacks the ABAW2 action unit(s) {missing}")
+            active = set(face.aus.active)
+            lines["au"] = ",".join("1" if name in active else "0" for name in ACTION_UNITS)
+        return lines
+
+    def _write(self, lines: Mapping[str, str], count: int) -> None:
+        for task in self.tasks:
+            self._files[task].write((lines[task] + "\n") * count)
+        self.lines += count
+
+    def add(self, frame: FramePrediction) -> None:
+        """Write the lines up to and including ``frame.index``."""
+        if frame.index < self.lines:
+            raise InputError(
+                f"frame {frame.index} comes after frame {self.lines - 1}: ABAW2 files need the "
+                "frames in increasing order, each once"
+            )
+        # Frames skipped before this one (every_n, target_fps, start) repeat the last lines.
+        self._write(self._last, frame.index - self.lines)
+        lines = self._lines(frame)
+        self._write(lines, 1)
+        self._last = dict(lines)
+
+    def pad(self, num_frames: int) -> None:
+        """Repeat the last lines up to ``num_frames`` lines (frames after the last processed)."""
+        if num_frames > self.lines:
+            self._write(self._last, num_frames - self.lines)
+
+    def close(self) -> None:
+        """Close the files."""
+        for handle in self._files.values():
+            handle.close()
+        self._files = {}
+
+
+class VideoSink:
+    """Encode annotated frames into a video file with ``cv2.VideoWriter``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: float,
+        *,
+        codec: str = "mp4v",
+        show_aus: bool = True,
+        show_time: bool = True,
+    ) -> None:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps):
+            raise InputError(f"fps must be a number > 0, got {fps!r}")
+        if fps <= 0:
+            raise InputError(f"fps must be a number > 0, got {fps!r}")
+        if not isinstance(codec, str) or len(codec) != 4:
+            raise InputError(f"codec must be a four-character code such as 'mp4v', got {codec!r}")
+        self.path = Path(path).expanduser()
+        self.fps = float(fps)
+        self.codec = codec
+        self.show_aus = show_aus
+        self.show_time = show_time
+        self._writer: Any = None
+        self._size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def add(self, frame: FramePrediction, rgb: np.ndarray) -> None:
+        """Draw ``frame`` on its image and append it to the video."""
+        if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise InputError(
+                f"{frame.source}: the image must be an H x W x 3 RGB array; get (frame, image) "
+                "pairs from predict_video(..., return_frames=True)"
+            )
+        canvas = draw(rgb, frame, show_aus=self.show_aus)
+        if self.show_time:
+            _stamp(canvas, f"#{frame.index}  {frame.timestamp:.2f}s")
+        height, width = canvas.shape[:2]
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter.fourcc(*self.codec)
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (width, height))
+            if not self._writer.isOpened():
+                self._writer = None
+                raise AffectFPNError(
+                    f"{self.path}: OpenCV cannot write a video with codec {self.codec!r} here; "
+                    "try another codec ('mp4v' for .mp4, 'MJPG' for .avi) or file extension"
+                )
+            self._size = (width, height)
+        elif self._size != (width, height):
+            raise InputError(
+                f"{frame.source} is {width}x{height} but the video started at "
+                f"{self._size[0]}x{self._size[1]}; a video file needs one frame size"  # type: ignore[index]
+            )
+        self._writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finish the file."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        elif self.frames == 0:
+            logger.warning("%s: no frame to write; no video file was created", self.path)
+
+
+def _stamp(canvas: np.ndarray, text: str) -> None:
+    """Write ``text`` at the bottom-left corner of ``canvas``, white on a dark box."""
+    height, width = canvas.shape[:2]
+    scale = max(0.35, min(width, height) / 900)
+    thickness = max(1, round(scale * 1.6))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(2, round(4 * scale))
+    top = max(0, height - h - base - 2 * pad)
+    canvas[top:height, 0 : min(width, w + 2 * pad)] //= 4
+    cv2.putText(
+        canvas,
+        text,
+        (pad, height - base - pad),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        thickness,
+        cv2.LINE_AA,
+    )
+
+
+# --------------------------------------------------------------------------------- plot
+
+
+def _series_from_csv(path: Path) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    times: list[float] = []
+    values: dict[int, dict[int, tuple[float, float]]] = {}
+    last_frame: str | None = None
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            needed = {"frame", "timestamp", "face_id", "success", "valence", "arousal"}
+            if reader.fieldnames is None or not needed <= set(reader.fieldnames):
+                raise InputError(
+                    f"{path}: not a video CSV of write_video_csv (needs columns {sorted(needed)})"
+                )
+            for line, row in enumerate(reader, start=2):
+                try:
+                    if row["frame"] != last_frame:
+                        last_frame = row["frame"]
+                        times.append(float(row["timestamp"]))
+                    if row["success"] == "1" and row["valence"] and row["arousal"]:
+                        va = (float(row["valence"]), float(row["arousal"]))
+                        values.setdefault(int(row["face_id"]), {})[len(times) - 1] = va
+                except (TypeError, ValueError) as error:
+                    raise InputError(f"{path}, line {line}: {error}") from None
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error}") from None
+    series = {}
+    for track, points in values.items():
+        array = np.full((len(times), 2), np.nan)
+        for pos, va in points.items():
+            array[pos] = va
+        series[track] = array
+    return np.asarray(times, dtype=np.float64), series
+
+
+def _series_from_frames(frames: Iterable[object]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    times: list[float] = []
+    points: dict[int, list[tuple[int, float, float]]] = {}
+    for item in frames:
+        frame = frame_of(item)
+        pos = len(times)
+        times.append(frame.timestamp)
+        for face in frame.faces:
+            if face.va is not None:
+                points.setdefault(face.face_id, []).append((pos, *face.va.as_tuple()))
+    series = {}
+    for track, entries in points.items():
+        array = np.full((len(times), 2), np.nan)
+        for pos, v, a in entries:
+            array[pos] = (v, a)
+        series[track] = array
+    return np.asarray(times, dtype=np.float64), series
+
+
+def plot_va(
+    frames_or_csv: Iterable[object] | VideoResult | str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    face_id: int | None = None,
+    max_tracks: int = 8,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Plot valence and arousal over time (two panels, seconds on the x axis) to an image file.
+
+    Args:
+        frames_or_csv: Frames from :func:`~affectfpn.video.predict_video` (or ``(frame, image)``
+            pairs), a :class:`~affectfpn.video.VideoResult`, or the path of a CSV written by
+            :func:`~affectfpn.video.write_video_csv`.
+        path: Output image; the format follows the extension (``.png``, ``.pdf``, ``.svg``...).
+        face_id: Plot only this track. ``None``: one line per track, the ``max_tracks`` tracks
+            seen in most frames (a face's line breaks where it is not in view).
+        max_tracks: Most tracks drawn when ``face_id`` is ``None``.
+        title: Figure title (default: the video's name when known).
+        dpi: Resolution of raster formats.
+
+    Returns:
+        The written path.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed (``pip install 'affectfpn[plot]'``).
+        InputError: Nothing to plot (no face with valence/arousal, or no such ``face_id``), or
+            an unreadable CSV.
+    """
+    require_extra("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    name: str | None = None
+    if isinstance(frames_or_csv, VideoResult):
+        times = frames_or_csv.timestamp
+        series = {track: frames_or_csv.valence_arousal(track) for track in frames_or_csv.track_ids}
+        name = Path(frames_or_csv.info.source).name
+    elif isinstance(frames_or_csv, (str, os.PathLike)):
+        times, series = _series_from_csv(Path(frames_or_csv).expanduser())
+        name = Path(frames_or_csv).name
+    elif isinstance(frames_or_csv, Iterable):
+        times, series = _series_from_frames(frames_or_csv)
+    else:
+        raise InputError(
+            f"plot_va needs frames, a VideoResult or a CSV path, got {type(frames_or_csv).__name__}"
+        )
+    series = {k: v for k, v in series.items() if not np.isnan(v).all()}
+    if face_id is not None:
+        if face_id not in series:
+            raise InputError(
+                f"no valence/arousal for face_id {face_id}; tracks with VA: {sorted(series)}"
+            )
+        series = {face_id: series[face_id]}
+    if not series:
+        raise InputError(
+            "nothing to plot: no frame has a face with valence/arousal (no face found, or the "
+            "model has no 'va' task)"
+        )
+    ranked = sorted(series, key=lambda k: (-int((~np.isnan(series[k][:, 0])).sum()), k))
+    shown = sorted(ranked[: max(1, max_tracks)])
+
+    figure = Figure(figsize=(10, 5), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 1, sharex=True)
+    for axis, column, label in ((axes[0], 0, "valence"), (axes[1], 1, "arousal")):
+        for track in shown:
+            axis.plot(times, series[track][:, column], linewidth=1.2, label=f"face {track}")
+        axis.axhline(0.0, color="0.6", linewidth=0.8)
+        axis.set_ylim(-1.05, 1.05)
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[1].set_xlabel("time (s)")
+    if len(shown) > 1:
+        axes[0].legend(loc="upper right", fontsize="small", ncol=min(4, len(shown)))
+    figure.suptitle(title if title is not None else (name or "valence and arousal"))
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    return out
+
+
+def iterate(frames: object, what: str) -> Iterator[object]:
+    """``iter(frames)``, or an :class:`InputError` naming ``what`` needs."""
+    if isinstance(frames, (str, bytes, Mapping)) or not isinstance(frames, Iterable):
+        raise InputError(
+            f"{what} needs an iterable of frames from predict_video, got {type(frames).__name__}"
+        )
+    return iter(frames)
