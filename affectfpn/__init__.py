@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from affectfpn.analysis import layer_contributions, plot_layer_contributions
     from affectfpn.config import AffectFPNConfig
     from affectfpn.evaluation import EvaluationReport, evaluate
+    from affectfpn.export import OnnxRunner, export_onnx
     from affectfpn.inference import (
         ActionUnits,
         Expression,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     )
     from affectfpn.models import AffectFPN, AffectFPNOutput
     from affectfpn.registry import ModelInfo, get_model_info, list_models
+    from affectfpn.video import FramePrediction, analyze_video, predict_video
 
 _LAZY: dict[str, str] = {
     "AffectFPN": "affectfpn.models",
@@ -68,6 +70,11 @@ _LAZY: dict[str, str] = {
     "evaluate": "affectfpn.evaluation",
     "layer_contributions": "affectfpn.analysis",
     "plot_layer_contributions": "affectfpn.analysis",
+    "FramePrediction": "affectfpn.video",
+    "analyze_video": "affectfpn.video",
+    "predict_video": "affectfpn.video",
+    "OnnxRunner": "affectfpn.export",
+    "export_onnx": "affectfpn.export",
 }
 
 
@@ -97,23 +104,28 @@ __all__ = [
     "EvaluationReport",
     "Expression",
     "FacePrediction",
+    "FramePrediction",
     "ImagePrediction",
     "InputError",
     "MissingExtraError",
     "ModelInfo",
     "OfflineError",
+    "OnnxRunner",
     "Predictor",
     "ValenceArousal",
     "WeightsError",
     "__version__",
+    "analyze_video",
     "draw",
     "evaluate",
+    "export_onnx",
     "get_model_info",
     "layer_contributions",
     "list_models",
     "plot_layer_contributions",
     "predict",
     "predict_iter",
+    "predict_video",
     "to_rows",
     "write_csv",
 ]
