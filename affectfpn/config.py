@@ -31,6 +31,14 @@ NECKS: tuple[str, ...] = ("fpn", "none")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+#: Upper bounds of the size fields. A ``config.json`` may come from anywhere, and the model is
+#: built from it before its weights are read: without a bound, one number could make that build
+#: try to allocate terabytes (a crash, or the machine's memory). Each bound is far above any
+#: sensible model (the paper: width 256, 112-128 px input, 12 action units).
+MAX_FPN_WIDTH = 2048
+MAX_INPUT_SIDE = 1024
+MAX_ACTION_UNITS = 512
+
 #: Version of the on-disk ``config.json`` layout written by :meth:`AffectFPNConfig.to_dict`.
 CONFIG_FORMAT_VERSION = 1
 
@@ -44,15 +52,16 @@ class AffectFPNConfig:
             ``mobilenet_v2``, ``mobilenet_v3_large``.
         neck: ``"fpn"`` (the paper's F3R: a feature pyramid whose every level is pooled) or
             ``"none"`` (the paper's plain-classifier baselines: global pooling of the last stage).
-        fpn_width: Channels of every pyramid level.
+        fpn_width: Channels of every pyramid level (at most ``MAX_FPN_WIDTH``, 2048).
         extra_level: Add the authors' extra max-pooled level (5 pooled levels instead of 4).
         tasks: Any non-empty subset of ``("va", "expression", "au")``; one task makes a
             single-task model (a teacher).
-        input_size: ``(height, width)`` of the face crops the model expects.
+        input_size: ``(height, width)`` of the face crops the model expects (16 to
+            ``MAX_INPUT_SIDE``, 1024, pixels each).
         mean: Per-channel RGB mean (0..1 scale) subtracted before the model.
         std: Per-channel RGB standard deviation (0..1 scale).
         expressions: Expression names in class-index order.
-        action_units: Action-unit names in output order.
+        action_units: Action-unit names in output order (1 to ``MAX_ACTION_UNITS``, 512).
         head_dropout: Dropout probability before the task heads.
         frozen_bn: Replace BatchNorm in the backbone by frozen (fixed-statistics) BatchNorm, as
             the authors did when starting from ImageNet weights.
@@ -90,7 +99,7 @@ class AffectFPNConfig:
             )
         if not isinstance(self.neck, str) or self.neck not in NECKS:
             raise ConfigError(f"config field 'neck': {self.neck!r} is not one of {list(NECKS)}")
-        _check_int("fpn_width", self.fpn_width, low=1)
+        _check_int("fpn_width", self.fpn_width, low=1, high=MAX_FPN_WIDTH)
         _check_int("trainable_layers", self.trainable_layers, low=0, high=5)
         for name in ("extra_level", "frozen_bn"):
             if not isinstance(getattr(self, name), bool):
@@ -108,7 +117,7 @@ class AffectFPNConfig:
         if len(self.input_size) != 2:
             raise ConfigError("config field 'input_size' must be [height, width]")
         for v in self.input_size:
-            _check_int("input_size", v, low=16)
+            _check_int("input_size", v, low=16, high=MAX_INPUT_SIDE)
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) != 3 or not all(
@@ -131,6 +140,11 @@ class AffectFPNConfig:
                 )
         if not self.action_units:
             raise ConfigError("config field 'action_units' must not be empty")
+        if len(self.action_units) > MAX_ACTION_UNITS:
+            raise ConfigError(
+                f"config field 'action_units' has {len(self.action_units)} names, more than "
+                f"{MAX_ACTION_UNITS}"
+            )
         if not isinstance(self.head_dropout, int | float) or not 0 <= self.head_dropout < 1:
             raise ConfigError("config field 'head_dropout' must be a number in [0, 1)")
 

@@ -69,6 +69,10 @@ _GLOB_CHARS = ("*", "?", "[")
 _URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://")
 # What Pillow raises on data it cannot decode (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
+# Pillow formats never decoded: their plugins hand the file to another interpreter (EPS: the
+# Ghostscript program runs the file's PostScript; WMF/EMF: Windows replays the metafile's drawing
+# calls). An input may come from anyone, and nothing it holds is run.
+_REFUSED_FORMATS = frozenset({"EPS", "WMF"})
 # Float values this far outside [0, 1] are treated as rounding noise and clipped.
 _FLOAT_TOLERANCE = 1e-4
 
@@ -361,6 +365,12 @@ def _read_path(src: str | os.PathLike[Any], source: str) -> bytes:
     return data
 
 
+def _open_formats() -> list[str]:
+    """Every format Pillow can open (plugins registered later included), less the refused."""
+    Image.init()  # loads Pillow's plugins once; a no-op afterwards
+    return [f for f in Image.ID if f not in _REFUSED_FORMATS]
+
+
 def _check_pixels(size: tuple[int, int], source: str, limit: int | None) -> None:
     width, height = size
     if width <= 0 or height <= 0:
@@ -376,8 +386,10 @@ def _check_pixels(size: tuple[int, int], source: str, limit: int | None) -> None
 
 def _decode_bytes(data: bytes, source: str, limit: int | None) -> np.ndarray:
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
+        image = Image.open(io.BytesIO(data), formats=_open_formats())
+    # The warning is raised as an exception when warnings are errors (python -W error, pytest
+    # filterwarnings = error): Pillow then stops at the header, as for its own error.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _fail(
             source,
             f"refused by Pillow as a possible decompression bomb ({exc}); if you trust the "
@@ -396,6 +408,12 @@ def _decode_bytes(data: bytes, source: str, limit: int | None) -> np.ndarray:
 
 
 def _pil_image_to_rgb(image: Image.Image, source: str, limit: int | None) -> np.ndarray:
+    if image.format in _REFUSED_FORMATS:
+        raise _fail(
+            source,
+            f"{image.format} files are not read: decoding them runs a program the file holds "
+            "(PostScript or drawing calls); convert it to PNG or JPEG with a trusted tool",
+        )
     _check_pixels(image.size, source, limit)
     try:
         image.load()

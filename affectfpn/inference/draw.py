@@ -50,11 +50,10 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
 def _to_rgb_array(image: ImageLike) -> np.ndarray:
     """Return a new, writable, contiguous H x W x 3 uint8 RGB copy of ``image``."""
     if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as opened:
-                return _pil_to_rgb(opened)
-        except OSError as error:
-            raise InputError(f"cannot read image {os.fspath(image)!r}: {error}") from None
+        # The same safe loader as predict: format allow-list, pixel limit, EXIF orientation.
+        from affectfpn.inference._io import load_image
+
+        return np.array(load_image(image).rgb, dtype=np.uint8, order="C", copy=True)
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
     if isinstance(image, np.ndarray):

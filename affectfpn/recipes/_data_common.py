@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from affectfpn.errors import ConfigError, DatasetError
+from affectfpn.inference._io import _DECODE_ERRORS, _open_formats
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 
 logger = logging.getLogger("affectfpn.recipes.datasets")
@@ -33,6 +34,8 @@ OnMissing = Literal["skip", "error"]
 
 NUM_EXPRESSIONS = len(EXPRESSIONS)
 NUM_AUS = len(ACTION_UNITS)
+#: What Pillow raises on a damaged or oversized image file (the warning under ``-W error``).
+_IMAGE_ERRORS = (*_DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 #: Lower-case expression names and synonyms (folder names, CSV cells) -> EXPRESSIONS index.
 EXPRESSION_SYNONYMS: dict[str, int] = {
@@ -268,12 +271,17 @@ def normalize_relpath(rel: str, *, file: str | os.PathLike[str], line: int | Non
     """Check a relative path read from an annotation file and return it in POSIX form.
 
     Raises:
-        DatasetError: for an empty or absolute path, or one with a ``..`` component (naming
-            ``file`` and ``line``).
+        DatasetError: for an empty or absolute path, one with a ``..`` component or a NUL
+            character (naming ``file`` and ``line``).
     """
     text = rel.strip()
     if not text:
         raise DatasetError(f"{where(file, line)}: empty image path")
+    if "\x00" in text:
+        raise DatasetError(
+            f"{where(file, line)}: image path {text!r} contains a NUL character; "
+            "fix the annotation file"
+        )
     posix, windows = PurePosixPath(text), PureWindowsPath(text)
     if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
         raise DatasetError(
@@ -390,10 +398,10 @@ class ToUint8Tensor:
 def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file as an RGB PIL image, or raise :class:`DatasetError` naming the file."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=_open_formats()) as im:  # never EPS: see _open_formats
             im.load()
             return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except _IMAGE_ERRORS as exc:
         raise DatasetError(f"cannot read image {os.fspath(path)!r}: {exc}") from exc
 
 
@@ -425,9 +433,12 @@ def _decode_one(path: str) -> np.ndarray:
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8)
-    array = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR) if data.size else None
+    try:
+        array = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR) if data.size else None
+    except cv2.error:  # a header OpenCV rejects (e.g. a damaged size): let PIL say what is wrong
+        array = None
     if array is None:  # a format OpenCV does not read: fall back to PIL
-        with Image.open(path) as im:
+        with Image.open(path, formats=_open_formats()) as im:
             im.load()
             keep = im.mode if im.mode in ("L", "RGB") else "RGB"
             return np.asarray(im.convert(keep), dtype=np.uint8)
@@ -449,7 +460,7 @@ def decode_images(paths: Sequence[str], *, threads: int = 1) -> list[np.ndarray]
     def decode(path: str) -> np.ndarray:
         try:
             return _decode_one(path)
-        except (OSError, ValueError) as exc:
+        except _IMAGE_ERRORS as exc:
             raise DatasetError(f"cannot read image {path!r}: {exc}") from exc
 
     if workers <= 1 or len(paths) < 64:
