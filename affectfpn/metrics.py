@@ -908,7 +908,7 @@ class AUMeter(_Meter):
 
     ``update(pred, target, mask=None)``: ``pred`` is ``[N, K]`` probabilities in ``[0, 1]``
     (default) or logits when the meter was built with ``from_logits=True``; a unit is predicted
-    present when its probability is strictly above ``threshold``. ``target`` is 0/1 (or bool)
+    present when its probability is at or above ``threshold`` (as in ``predict``). ``target`` is 0/1 (or bool)
     ``[N, K]``; ``mask`` is boolean ``[N, K]`` (per entry) or ``[N]`` (per sample).
 
     ``compute()`` keys: ``score`` (0.5 * mean F1 + 0.5 * accuracy), ``mean_f1``, ``accuracy``
@@ -918,7 +918,7 @@ class AUMeter(_Meter):
 
     Args:
         num_units: number of AU columns ``K``.
-        threshold: probability above which a unit counts as present, in ``(0, 1)``.
+        threshold: probability at or above which a unit counts as present, in ``(0, 1)``.
         from_logits: ``pred`` holds logits (as the model's ``.au`` output) instead of
             probabilities. With the default ``False``, values outside ``[0, 1]`` raise
             :class:`~affectfpn.errors.InputError`.
@@ -968,14 +968,14 @@ class AUMeter(_Meter):
             _check_finite(valid, "pred")
         if self.from_logits:
             cut = math.log(self.threshold) - math.log1p(-self.threshold)
-            positive = p.astype(np.float64) > cut
+            positive = p.astype(np.float64) >= cut
         else:
             if valid.size and (valid.min() < 0 or valid.max() > 1):
                 raise InputError(
                     "pred holds values outside [0, 1], so they are not probabilities; "
                     "for logits build the meter with from_logits=True"
                 )
-            positive = p.astype(np.float64) > self.threshold
+            positive = p.astype(np.float64) >= self.threshold
         _check_binary_values(t[m], "target")
         self._counts += _au_counts(positive, t, m)
 

@@ -408,7 +408,7 @@ class LabelTable:
         if au_logits is not None:
             probs = torch.sigmoid(torch.as_tensor(_np(au_logits, np.float32))).numpy()
             kwargs["au"] = (
-                probs if au_threshold is None else (probs > au_threshold).astype(np.float32)
+                probs if au_threshold is None else (probs >= au_threshold).astype(np.float32)
             )
         return cls.from_arrays(keys, **kwargs)
 

@@ -23,7 +23,7 @@ recipe; each can also run alone (``stages=["pseudo"]``) and reuses what finished
 
 Pseudo labels (``[pseudo]``, :class:`PseudoLabelSettings`): expressions as the argmax class
 (``"hard"``, the reference code) or the softmax probabilities (``"soft"``); action units as
-``sigmoid(logit) > au_threshold`` (``"hard"``) or the probabilities (``"soft"``); valence and
+``sigmoid(logit) >= au_threshold`` (``"hard"``) or the probabilities (``"soft"``); valence and
 arousal clipped to ``+-va_clip`` (0.99). The paper writes "logit > 0.5" for action units; this
 library thresholds the *probability* at 0.5 by default (that is, logit > 0), the same decision
 rule as the AU metric and the training loss; ``au_threshold = 0.6225`` (= sigmoid(0.5))
@@ -125,7 +125,7 @@ class PseudoLabelSettings:
         expression: ``"hard"`` (the argmax class, as the reference code) or ``"soft"`` (the
             softmax probabilities at ``temperature``; the student then learns from a
             probability target).
-        au: ``"hard"`` (1 where ``sigmoid(logit) > au_threshold``, else 0) or ``"soft"`` (the
+        au: ``"hard"`` (1 where ``sigmoid(logit) >= au_threshold``, else 0) or ``"soft"`` (the
             probabilities).
         au_threshold: Probability threshold of hard AU labels; 0.5 means logit > 0.
             ``0.6225`` (sigmoid(0.5)) reproduces the paper's literal "logit > 0.5".
