@@ -42,4 +42,3 @@ def embedded_models() -> list[tuple[ModelInfo, bool]]:
         data = json.loads(info_path.read_text(encoding="utf-8"))
         found.append(model_info_from_dict(data, source=str(info_path)))
     return found
-

@@ -908,8 +908,8 @@ class AUMeter(_Meter):
 
     ``update(pred, target, mask=None)``: ``pred`` is ``[N, K]`` probabilities in ``[0, 1]``
     (default) or logits when the meter was built with ``from_logits=True``; a unit is predicted
-    present when its probability is at or above ``threshold`` (as in ``predict``). ``target`` is 0/1 (or bool)
-    ``[N, K]``; ``mask`` is boolean ``[N, K]`` (per entry) or ``[N]`` (per sample).
+    present when its probability is at or above ``threshold`` (as in ``predict``). ``target``
+    is 0/1 (or bool) ``[N, K]``; ``mask`` is boolean ``[N, K]`` (per entry) or ``[N]`` (per sample).
 
     ``compute()`` keys: ``score`` (0.5 * mean F1 + 0.5 * accuracy), ``mean_f1``, ``accuracy``
     (over all valid ``N x K`` entries), ``f1_per_unit``, ``precision_per_unit``,

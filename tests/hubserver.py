@@ -117,7 +117,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
@@ -220,7 +220,7 @@ class _Repo:
     repo_id: str
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, _Commit] = field(default_factory=dict)
-    created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _iso(date: datetime) -> str:
@@ -495,7 +495,7 @@ class LocalHub:
             ]
         )
         oid = hashlib.sha1(seed.encode()).hexdigest()
-        repo.commits[oid] = _Commit(oid, parent, message, tree, datetime.now(timezone.utc))
+        repo.commits[oid] = _Commit(oid, parent, message, tree, datetime.now(UTC))
         repo.branches[branch] = oid
         return oid
 
