@@ -177,3 +177,16 @@ def test_model_zoo_names_every_registered_model() -> None:
     assert "<!-- filled from model_info.json -->" in text
     missing = [info.name for info in list_models() if f"`{info.name}`" not in text]
     assert not missing, f"docs/models.md has no row for the registered model(s) {missing}"
+
+
+def test_documented_paper_parameter_count_is_the_model_s() -> None:
+    import re
+
+    from affectfpn import AffectFPN, AffectFPNConfig
+
+    text = (DOCS / "models.md").read_text(encoding="utf-8")
+    match = re.search(r"F3R has \*\*([\d,]+) parameters\*\*", text)
+    assert match, "docs/models.md should state the paper model's parameter count"
+    model = AffectFPN(AffectFPNConfig.paper())
+    direct = sum(p.numel() for p in model.parameters())
+    assert int(match.group(1).replace(",", "")) == model.num_params() == direct
