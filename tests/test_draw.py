@@ -174,7 +174,7 @@ def test_draw_rejects_wrong_inputs() -> None:
         draw(image[..., 0], prediction)
     with pytest.raises(InputError, match="ImagePrediction"):
         draw(image, make_face())  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="cannot read image"):
+    with pytest.raises(InputError, match=r"/nonexistent/image\.png: no such file"):
         draw("/nonexistent/image.png", prediction)
 
 
