@@ -254,6 +254,19 @@ def test_hub_outage_is_an_offline_error(pinned_hub: LocalHub) -> None:
 
 
 @pytest.mark.shared
+def test_unreachable_hub_fails_at_once_without_retries(pinned_hub: LocalHub) -> None:
+    import time
+
+    pinned_hub.set_down(True, "refuse")
+    before = pinned_hub.request_count
+    start = time.perf_counter()
+    with pytest.raises(OfflineError, match="not reachable"):
+        download_yunet()
+    assert time.perf_counter() - start < 3.0
+    assert pinned_hub.request_count == before  # no HTTP request was even tried
+
+
+@pytest.mark.shared
 def test_checksum_and_revision_are_enforced(
     pinned_hub: LocalHub,
     monkeypatch: pytest.MonkeyPatch,

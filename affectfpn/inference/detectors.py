@@ -260,6 +260,11 @@ def download_yunet() -> Path:
         f"pass model_path= to a local copy of the YuNet .onnx file, set {YUNET_ENV}=<path>, "
         "or run `affectfpn download` once while online"
     )
+    from affectfpn._hub import hub_unreachable
+
+    reason = hub_unreachable()
+    if reason is not None:
+        raise OfflineError(f"cannot download {where}: {reason} and it is not cached; {fix}")
     try:
         path = hf_hub_download(
             YUNET_REPO_ID, YUNET_FILENAME, revision=YUNET_REVISION, library_name="affectfpn"
