@@ -707,14 +707,17 @@ def _peak_while_streaming(model: AffectFPN, path: Path, keep: bool) -> int:
 def test_memory_does_not_grow_with_video_length(model: AffectFPN, tmp_path: Path) -> None:
     n = 15
     short = _write_synthetic(tmp_path / "short.avi", n)
-    long = _write_synthetic(tmp_path / "long.avi", 4 * n)
+    long = _write_synthetic(tmp_path / "long.avi", 16 * n)
     list(predict_video(model, short, faces="crop", end=3))  # warm-up: lazy imports, caches
     # A peak is a maximum, so a stray allocation can inflate one run: take the lower of two.
     # Anything kept per frame would show in both.
     peak_short = min(_peak_while_streaming(model, short, keep=False) for _ in range(2))
     peak_long = min(_peak_while_streaming(model, long, keep=False) for _ in range(2))
-    tolerance = peak_short * 1.05 + 16_000
-    assert peak_long <= tolerance, (peak_short, peak_long)
-    # Control: keeping every frame's prediction (about 2.5 kB each) does exceed it.
+    # Control: keeping every frame's prediction (about 2.5 kB each) on the long video is what
+    # "growing with length" looks like; it must be clearly measurable ...
     peak_kept = _peak_while_streaming(model, long, keep=True)
-    assert peak_kept > tolerance, (peak_short, peak_kept)
+    growth = peak_kept - peak_short
+    assert growth > 300_000, (peak_short, peak_kept)
+    # ... and streaming must stay far below it: under a third of that growth (peaks of identical
+    # runs vary by up to ~100 kB from transient buffers; keeping the frames adds over 500 kB).
+    assert peak_long - peak_short < growth / 3, (peak_short, peak_long, peak_kept)
