@@ -206,9 +206,11 @@ def test_progress_bar_goes_to_stderr(
 ) -> None:
     import tqdm
 
-    # show the bar at once (it normally waits 2 s, so short runs print nothing)
+    # show the bar at once (it normally waits 2 s, so short runs print nothing) and redraw it on
+    # every update (a fast run would otherwise finish within tqdm's 0.1 s refresh interval)
     real = tqdm.tqdm
-    monkeypatch.setattr(tqdm, "tqdm", lambda *a, **k: real(*a, **{**k, "delay": 0}))
+    eager = {"delay": 0, "mininterval": 0, "miniters": 1}
+    monkeypatch.setattr(tqdm, "tqdm", lambda *a, **k: real(*a, **{**k, **eager}))
     evaluate(expr_model, folder, batch_size=4, device="cpu")
     captured = capsys.readouterr()
     assert "evaluate" in captured.err
