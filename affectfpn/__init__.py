@@ -38,12 +38,12 @@ if TYPE_CHECKING:
         ImagePrediction,
         Predictor,
         ValenceArousal,
-        draw,
         predict,
         predict_iter,
         to_rows,
         write_csv,
     )
+    from affectfpn.inference.draw import draw
     from affectfpn.models import AffectFPN, AffectFPNOutput
     from affectfpn.registry import ModelInfo, get_model_info, list_models
     from affectfpn.video import FramePrediction, analyze_video, predict_video
