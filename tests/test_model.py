@@ -17,6 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from affectfpn import AffectFPN, AffectFPNConfig, AffectFPNOutput, ConfigError
 from affectfpn.errors import InputError, OfflineError, WeightsError
 from affectfpn.labels import TASKS
+from affectfpn.models._fpn import pooled_conv3x3
 
 LIGHT_BACKBONES = ("resnet18", "mobilenet_v2", "mobilenet_v3_large")
 #: The heavier backbones run for one task subset each (resnet34 has resnet18's blocks and widths,
@@ -486,3 +487,33 @@ def test_damaged_backbone_safetensors_is_a_weights_error(tmp_path: Path) -> None
     path.write_bytes(path.read_bytes()[: math.floor(path.stat().st_size / 2)])
     with pytest.raises(WeightsError):
         AffectFPN(_tiny("mobilenet_v2"), backbone_weights=path)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5), (12, 12)])
+def test_pooled_conv3x3_equals_the_mean_of_the_convolution(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 5, kernel_size=3, padding=1)
+    x = torch.randn(3, 6, *size, requires_grad=True)
+    fast = pooled_conv3x3(x, conv)
+    (fast_grad,) = torch.autograd.grad(fast.square().sum(), x)
+    slow = conv(x).mean(dim=(2, 3))
+    (slow_grad,) = torch.autograd.grad(slow.square().sum(), x)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast_grad, slow_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_fpn_features_skip_the_smoothed_maps_and_their_flops() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = AffectFPN(_tiny("resnet18", fpn_width=64, input_size=(64, 64))).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), FlopCounterMode(display=False) as fused:
+        features = model.features(x)
+    with torch.no_grad(), FlopCounterMode(display=False) as maps:
+        pooled = torch.cat([level.mean(dim=(2, 3)) for level in model.levels(x)], dim=1)
+    torch.testing.assert_close(features, pooled, atol=1e-5, rtol=1e-4)
+    # The four 3x3 smoothing convolutions over P2..P5 (16, 8, 4, 2 px a side) for 2 images are
+    # replaced by the same kernels applied once per image to a 3x3 map of window means.
+    per_pixel = 2 * 9 * 64 * 64
+    smoothing = 2 * per_pixel * (16**2 + 8**2 + 4**2 + 2**2)
+    assert maps.get_total_flops() - fused.get_total_flops() == smoothing - 2 * per_pixel * 4

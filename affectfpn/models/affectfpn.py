@@ -98,8 +98,15 @@ class AffectFPN(nn.Module):
         return self.neck(features)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled, concatenated feature vector (``N x config.feature_dim``)."""
-        return torch.cat([level.mean(dim=(2, 3)) for level in self.levels(x)], dim=1)
+        """The pooled, concatenated feature vector (``N x config.feature_dim``).
+
+        Equal to pooling each map of :meth:`levels`, but the pyramid's smoothed maps are never
+        built (see :meth:`FeaturePyramid.pooled`).
+        """
+        features = self.backbone(x)
+        if self.neck is None:
+            return features[-1].mean(dim=(2, 3))
+        return torch.cat(self.neck.pooled(features), dim=1)
 
     def forward(self, x: torch.Tensor) -> AffectFPNOutput:
         """Run the model on a normalised ``N x 3 x H x W`` batch."""
