@@ -487,6 +487,58 @@ def test_resume_with_more_epochs_continues_exactly(tmp_path: Path) -> None:
     assert_same_state(state_of(longer.model), state_of(whole.model))
 
 
+def test_cosine_restarts_schedule(tmp_path: Path) -> None:
+    def factors(**changes: Any) -> list[float]:
+        settings = tiny_settings(epoch_fraction=1.0, batch_size=4, **changes)
+        trainer = Trainer(
+            tiny_model(), SyntheticFaces(TRAIN_N), settings=settings, output_dir=tmp_path
+        )
+        assert trainer.steps_per_epoch == 3
+        return [trainer._lr_factor(i) for i in range(settings.epochs * 3)]
+
+    cosine = factors(epochs=2)
+    restarts = factors(epochs=5, schedule="cosine_restarts", cycles=[2, 3])
+    assert restarts[:6] == cosine  # the first cycle is the 2-epoch cosine run, warm-up included
+    assert restarts[6] == 1.0  # the restart begins at the full rate, without warm-up
+    assert restarts[6:] == pytest.approx(factors(epochs=3, warmup_epochs=0))
+    assert all(a > b for a, b in itertools.pairwise(restarts[6:]))
+    with pytest.raises(ConfigError, match=r"add up to 4 epochs but train\.epochs is 5"):
+        tiny_settings(epochs=5, schedule="cosine_restarts", cycles=[2, 2])
+    with pytest.raises(ConfigError, match=r"train\.cycles must list"):
+        tiny_settings(epochs=2, schedule="cosine_restarts")
+    with pytest.raises(ConfigError, match="only used with schedule = 'cosine_restarts'"):
+        tiny_settings(epochs=2, cycles=[2])
+    with pytest.raises(ConfigError, match="is not one of cosine, cosine_restarts"):
+        tiny_settings(schedule="linear")
+
+
+def test_finished_cosine_run_extended_by_a_restart_matches_the_whole_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cosine run that finished, resumed with a restart cycle appended, must train exactly as
+    # the two-cycle schedule from scratch: same rates for the steps taken, the restart's full
+    # rate from the first new step (not the finished run's final rate of 0).
+    restarts: dict[str, Any] = {"schedule": "cosine_restarts", "cycles": [1, 2], "epochs": 3}
+    whole = reference_trainer(tmp_path / "whole", **restarts)
+    whole.fit()
+    assert reference_trainer(tmp_path / "part", epochs=1).fit()["finished"] is True
+    extended = reference_trainer(tmp_path / "part", **restarts)
+    with caplog.at_level("INFO", logger="affectfpn.recipes.trainer"):
+        summary = extended.fit()
+    assert [r["epoch"] for r in summary["history"]] == [1, 2, 3]
+    assert "repeats the saved one" in caplog.text
+    assert "will not match" not in caplog.text
+    assert_same_state(state_of(extended.model), state_of(whole.model))
+    # a change that alters the steps already taken is still reported
+    caplog.clear()
+    other = reference_trainer(
+        tmp_path / "part", schedule="cosine_restarts", cycles=[2, 2], epochs=4
+    )
+    with caplog.at_level("WARNING", logger="affectfpn.recipes.trainer"):
+        other.load_checkpoint()
+    assert "will not match an uninterrupted one" in caplog.text
+
+
 def _train_until_paused(out: str, marker: str) -> None:
     """Child process: the reference run, pausing inside epoch 2 (after one optimiser step)."""
     per_epoch = TRAIN_N // 2  # epoch_fraction 0.5

@@ -62,6 +62,7 @@ _TRAJECTORY_SETTINGS = (
     "schedule",
     "warmup_epochs",
     "min_lr_ratio",
+    "cycles",
     "epoch_fraction",
     "task_weights",
     "label_smoothing",
@@ -69,6 +70,10 @@ _TRAJECTORY_SETTINGS = (
     "seed",
     "max_steps_per_epoch",
 )
+
+
+#: The learning-rate schedules of :class:`TrainSettings`.
+SCHEDULES = ("cosine", "cosine_restarts", "constant", "step")
 
 
 @dataclass
@@ -89,6 +94,7 @@ class TrainSettings:
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
+    cycles: list[int] | None = None
     epoch_fraction: float = 1.0
     task_weights: dict[str, float] = field(
         default_factory=lambda: {"va": 1.0, "expression": 1.0, "au": 1.0}
@@ -111,8 +117,29 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"train.optimizer {self.optimizer!r} is not adam, adamw or sgd")
-        if self.schedule not in ("cosine", "constant", "step"):
-            raise ConfigError(f"train.schedule {self.schedule!r} is not cosine, constant or step")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"train.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}"
+            )
+        if self.schedule == "cosine_restarts":
+            cycles = self.cycles
+            if (
+                not isinstance(cycles, list | tuple)
+                or not cycles
+                or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in cycles)
+            ):
+                raise ConfigError(
+                    "train.cycles must list the epochs of each cosine cycle, e.g. [12, 18], "
+                    f"with schedule = 'cosine_restarts'; got {cycles!r}"
+                )
+            if sum(cycles) != int(self.epochs):
+                raise ConfigError(
+                    f"train.cycles {list(cycles)} add up to {sum(cycles)} epochs but train.epochs "
+                    f"is {self.epochs}: make them agree"
+                )
+            self.cycles = [int(c) for c in cycles]
+        elif self.cycles is not None:
+            raise ConfigError("train.cycles is only used with schedule = 'cosine_restarts'")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"train.amp {self.amp!r} is not auto, bf16, fp16 or off")
         if not 0 < self.epoch_fraction <= 1:
@@ -278,6 +305,37 @@ def _seed_worker(worker_id: int) -> None:
 
 
 # ------------------------------------------------------------------------------ the trainer
+
+
+def lr_factor(settings: TrainSettings, steps_per_epoch: int, step: int) -> float:
+    """The learning rate of optimisation step ``step`` (from 0), as a fraction of ``settings.lr``.
+
+    Warm-up rises linearly over ``warmup_epochs``; ``cosine`` then decays to ``min_lr_ratio`` by
+    the last step; ``cosine_restarts`` (SGDR, Loshchilov & Hutter 2017) runs one such cosine per
+    entry of ``cycles``, each starting again at the full rate (the warm-up belongs to the first).
+    A ``cosine_restarts`` run whose first cycle has the length of an earlier ``cosine`` run
+    repeats that run's schedule step for step, so it can resume from its checkpoint.
+    """
+    s = settings
+    warmup = int(s.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if s.schedule == "constant":
+        return 1.0
+    start, end = 0, s.epochs * steps_per_epoch
+    if s.schedule == "cosine_restarts" and s.cycles:
+        for cycle in s.cycles:
+            end = start + cycle * steps_per_epoch
+            if step < end:
+                break
+            start = end
+    begin = max(start, warmup)
+    progress = min(1.0, (step - begin) / max(1, end - begin))
+    if s.schedule == "step":
+        return 0.1 ** int(progress * 3)  # /10 after a third and two thirds of the run
+    return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class Trainer:
     """Train an :class:`~affectfpn.AffectFPN` on a dataset of training samples.
 
@@ -388,17 +446,7 @@ class Trainer:
         return torch.optim.Adam(groups, lr=s.lr)
 
     def _lr_factor(self, step: int) -> float:
-        s = self.settings
-        total = max(1, s.epochs * self.steps_per_epoch)
-        warmup = int(s.warmup_epochs * self.steps_per_epoch)
-        if step < warmup:
-            return (step + 1) / warmup
-        if s.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if s.schedule == "step":
-            return 0.1 ** int(progress * 3)  # /10 after a third and two thirds of the run
-        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_factor(self.settings, self.steps_per_epoch, step)
 
     def _loader(self, dataset: Dataset[Any], sampler: Sampler[int], seed: int) -> DataLoader[Any]:
         s = self.settings
@@ -505,6 +553,11 @@ class Trainer:
             now["schedule"] != "constant"
         ):
             changed.append("epochs")  # the schedule spans all epochs
+        schedule_keys = {"schedule", "warmup_epochs", "min_lr_ratio", "cycles", "epochs"}
+        if changed and self._same_schedule_so_far(saved_settings, state):
+            # e.g. a cosine run extended by restarts: the steps taken had these rates anyway
+            changed = [k for k in changed if k not in schedule_keys]
+            logger.info("%s: the new schedule repeats the saved one up to this point", path)
         if changed:
             logger.warning(
                 "%s was written with other values of %s; the resumed run will not match an "
@@ -515,6 +568,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The rate of the next step comes from this run's schedule (it differs from the saved one
+        # when, say, a finished cosine run is extended by a restart).
+        factor = self._lr_factor(self.scheduler.last_epoch)
+        for group, base_lr in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, strict=True
+        ):
+            group["lr"] = base_lr * factor
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.best_score = float(state["best_score"])
@@ -522,6 +582,24 @@ class Trainer:
         self.history = json.loads(state["history"])
         logger.info("resumed from %s at epoch %d", path, self.epoch)
         return True
+
+    def _same_schedule_so_far(self, saved_settings: dict[str, Any], state: dict[str, Any]) -> bool:
+        """Whether the saved run's learning rates equal this run's for every step it took."""
+        fields = {f.name for f in dataclasses.fields(TrainSettings)}
+        # settings missing from an older checkpoint had their default values then
+        merged = {**dataclasses.asdict(TrainSettings()), **saved_settings}
+        try:
+            saved = TrainSettings(**{k: v for k, v in merged.items() if k in fields})
+            steps = int(state["scheduler"]["last_epoch"])
+        except (ConfigError, KeyError, TypeError, ValueError):
+            return False
+        if saved.batch_size != self.settings.batch_size:
+            return False
+        spe = self.steps_per_epoch
+        return all(
+            math.isclose(lr_factor(saved, spe, i), lr_factor(self.settings, spe, i), rel_tol=1e-12)
+            for i in range(steps)
+        )
 
     # ------------------------------------------------------------------ the loop
     def fit(self, *, resume: bool = True, stop_after_epoch: int | None = None) -> dict[str, Any]:
