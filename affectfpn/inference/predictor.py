@@ -34,13 +34,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from tqdm import tqdm
+from typing_extensions import Unpack
 
 from affectfpn._device import resolve_device
 from affectfpn.config import AffectFPNConfig
@@ -158,6 +159,11 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
         return (d.type, 0 if d.index is None else d.index)
 
     return norm(a) == norm(b)
+
+
+def _wants_channels_last(device: torch.device) -> bool:
+    """Whether convolutions run faster in channels_last on ``device`` (measured: CUDA and CPU)."""
+    return device.type in ("cuda", "cpu")
 
 
 def _is_channels_last(model: nn.Module) -> bool:
@@ -367,7 +373,7 @@ class Predictor:
                 self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
             else:
                 self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        self._channels_last = self.device.type == "cuda"
+        self._channels_last = _wants_channels_last(self.device)
         self._pin = self.device.type == "cuda"
 
     def __repr__(self) -> str:
@@ -387,7 +393,7 @@ class Predictor:
             if not _same_device(current, target):
                 logger.info("moving the model from %s to %s for prediction", current, target)
                 self.model.to(target)
-            if target.type == "cuda" and not _is_channels_last(self.model):
+            if _wants_channels_last(target) and not _is_channels_last(self.model):
                 self.model.to(memory_format=torch.channels_last)
         return target
 
@@ -543,7 +549,11 @@ class Predictor:
             return
         stacked = np.stack([record.prepared.crops[i] for record, i in faces])  # N x H x W x 3
         batch = torch.from_numpy(stacked).permute(0, 3, 1, 2)  # a channels_last view
-        batch = batch.pin_memory() if self._pin else batch.contiguous()
+        # The permuted view already is channels_last: keep that layout where the model runs in it.
+        if self._pin:
+            batch = batch.pin_memory()
+        elif not self._channels_last:
+            batch = batch.contiguous()
         batch = batch.to(self.device, non_blocking=self._pin)
         model = self.model
         was_training = model.training
@@ -701,39 +711,28 @@ def predict(
     return predictor.predict(inputs)
 
 
-def predict_iter(
-    model: nn.Module,
-    inputs: object,
-    *,
-    faces: str = "detect",
-    detector: str | os.PathLike[str] | FaceDetector = "auto",
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-    au_threshold: float = 0.5,
-    bgr: bool = False,
-    progress: bool | None = None,
-    num_workers: int | None = None,
-    on_error: str = "raise",
-    recursive: bool = False,
-    amp: bool | None = None,
-) -> Iterator[ImagePrediction]:
-    """Like :func:`predict`, but yield one :class:`ImagePrediction` per image, in input order.
+class PredictOptions(TypedDict, total=False):
+    """The keyword options of :func:`predict`, which :func:`predict_iter` takes as well."""
 
-    Inputs are read lazily, a bounded number ahead, so a generator of any length streams in
-    constant memory. A single image gives a one-item iterator.
+    faces: str
+    detector: str | os.PathLike[str] | FaceDetector
+    batch_size: int
+    device: str | torch.device | None
+    au_threshold: float
+    bgr: bool
+    progress: bool | None
+    num_workers: int | None
+    on_error: str
+    recursive: bool
+    amp: bool | None
+
+
+def predict_iter(
+    model: nn.Module, inputs: object, **options: Unpack[PredictOptions]
+) -> Iterator[ImagePrediction]:
+    """Like :func:`predict` (same options), but yield one :class:`ImagePrediction` per image.
+
+    Results come in input order. Inputs are read lazily, a bounded number ahead, so a generator
+    of any length streams in constant memory. A single image gives a one-item iterator.
     """
-    predictor = Predictor(
-        model,
-        faces=faces,
-        detector=detector,
-        batch_size=batch_size,
-        device=device,
-        au_threshold=au_threshold,
-        bgr=bgr,
-        progress=progress,
-        num_workers=num_workers,
-        on_error=on_error,
-        recursive=recursive,
-        amp=amp,
-    )
-    return predictor.predict_iter(inputs)
+    return Predictor(model, **options).predict_iter(inputs)
