@@ -286,6 +286,8 @@ class OnnxRunner:
         path: The ``.onnx`` file.
         providers: ONNX Runtime execution providers, in order of preference (default:
             ``["CPUExecutionProvider"]``).
+        num_threads: Threads for one operator (ONNX Runtime's ``intra_op_num_threads``);
+            ``None`` leaves ONNX Runtime's default (one per physical core).
 
     Attributes:
         config: The model's :class:`~affectfpn.AffectFPNConfig`, read from the file's metadata.
@@ -304,7 +306,11 @@ class OnnxRunner:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, providers: Sequence[str] | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        providers: Sequence[str] | None = None,
+        num_threads: int | None = None,
     ) -> None:
         require_extra("onnxruntime", "onnx")
         import onnxruntime as ort
@@ -312,9 +318,17 @@ class OnnxRunner:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise WeightsError(f"{self.path}: no such ONNX file; write one with export_onnx")
+        options = ort.SessionOptions()
+        if num_threads is not None:
+            if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+                raise ConfigError(f"num_threads must be a positive integer, got {num_threads!r}")
+            options.intra_op_num_threads = num_threads
+            options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(
-                str(self.path), providers=list(providers or ["CPUExecutionProvider"])
+                str(self.path),
+                sess_options=options,
+                providers=list(providers or ["CPUExecutionProvider"]),
             )
         except Exception as err:  # onnxruntime raises its own exception types
             raise WeightsError(f"{self.path}: ONNX Runtime cannot load it ({err})") from None

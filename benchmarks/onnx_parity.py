@@ -11,14 +11,14 @@ the file size are printed), then, where ``onnxruntime`` is installed, for each b
 * the largest absolute difference between ONNX Runtime's and PyTorch's outputs on the same
   normalised input (random normal values), per output; it must be <= 1e-4;
 * the throughput, alternating in rounds, of ``pytorch``: the model in inference mode on a
-  contiguous float32 batch (what the Predictor runs on the CPU), ``pytorch channels_last``: a
-  copy of the model with channels_last weights and input, and ``onnxruntime``: an
+  contiguous (NCHW) float32 batch, ``pytorch channels_last``: a copy of the model with
+  channels_last weights and input (what the Predictor runs on the CPU), and ``onnxruntime``: an
   ``InferenceSession`` on the CPU execution provider with ``intra_op_num_threads`` = ``--threads``
   (and one inter-op thread), so that all use the same cores. The ratio is images/s over
   ``pytorch``'s; there is no floor on it.
 
 ``OnnxRunner`` (the library's ONNX Runtime wrapper) is checked to give the same outputs as the
-session; it leaves ONNX Runtime's thread count at its default, so it is not the one timed.
+session (built with ``num_threads=--threads``); the bare session is what is timed.
 
 ``--model`` as for ``predict_files.py``: the registered default model, else the FER2013 recipe's
 architecture with random weights; ``paper`` takes the paper's F3R (ResNet-50, 128 px).
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         session = ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        runner = OnnxRunner(path)
+        runner = OnnxRunner(path, num_threads=args.threads)
         names = [o.name for o in session.get_outputs()]
         tasks = [t for t in config.tasks if OUTPUT_NAMES[t] in names]
         print(f"session:  {ort.__version__}, outputs {names}, {args.threads} intra-op thread(s)")

@@ -91,7 +91,7 @@ def test_metadata_describes_the_preprocessing(model: AffectFPN, exported: Path) 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_onnxruntime_matches_pytorch(model: AffectFPN, exported: Path, batch_size: int) -> None:
-    runner = OnnxRunner(exported)
+    runner = OnnxRunner(exported, num_threads=1 if batch_size == 1 else None)
     faces = _faces(batch_size, (64, 48), seed=batch_size)
     expected = _torch_outputs(model, faces)
     got = runner(faces)
@@ -167,3 +167,9 @@ def test_export_rejects_bad_arguments(model: AffectFPN, tmp_path: Path) -> None:
 def test_dynamo_exporter_names_its_missing_dependency(model: AffectFPN, tmp_path: Path) -> None:
     with pytest.raises(MissingExtraError, match="onnxscript"):
         export_onnx(model, tmp_path / "x.onnx", exporter="dynamo")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_onnx_runner_refuses_a_bad_thread_count(exported: Path, bad: object) -> None:
+    with pytest.raises(ConfigError, match="num_threads must be a positive integer"):
+        OnnxRunner(exported, num_threads=bad)  # type: ignore[arg-type]
