@@ -55,7 +55,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from affectfpn._version import __version__
 from affectfpn.errors import AffectFPNError, InputError, WeightsError
@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_Num = TypeVar("_Num", int, float)
 
 PROG = "affectfpn"
 #: Exit status of a successful run.
@@ -116,44 +117,27 @@ def _epilog(*examples: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in examples)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _bounded(
+    kind: Callable[[str], _Num], accept: Callable[[_Num], bool], requirement: str, noun: str
+) -> Callable[[str], _Num]:
+    """An argparse ``type``: parse with ``kind``, then refuse values that ``accept`` rejects."""
+
+    def parse(text: str) -> _Num:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {value}")
+        return value
+
+    return parse
 
 
-def _frame_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a frame index") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+_positive_int = _bounded(int, lambda v: v >= 1, "must be at least 1", "an integer")
+_frame_index = _bounded(int, lambda v: v >= 0, "must be >= 0", "a frame index")
+_positive_float = _bounded(float, lambda v: v > 0, "must be > 0", "a number")
+_probability = _bounded(float, lambda v: 0.0 < v < 1.0, "must be between 0 and 1", "a number")
 
 
 def _common_parents() -> dict[str, _Parser]:

@@ -362,3 +362,108 @@ def load_bench_model(spec: str | None) -> tuple[Any, str]:
         f"{c.input_size[0]}x{c.input_size[1]}, tasks {', '.join(c.tasks)}, "
         f"{model.num_params() / 1e6:.1f} M parameters"
     )
+
+
+# --------------------------------------------------------------------------- training
+
+
+class MemoryFaces(torch.utils.data.Dataset[dict[str, Any]]):
+    """Training samples (the recipe datasets' dict contract) from uint8 tensors in memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        from affectfpn.labels import ACTION_UNITS
+
+        self.images = images
+        self.labels = labels
+        self.num_aus = len(ACTION_UNITS)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "image": self.images[index],
+            "key": f"face{index}",
+            "va": torch.zeros(2),
+            "va_mask": torch.tensor(True),
+            "expression": self.labels[index],
+            "expression_mask": torch.tensor(True),
+            "au": torch.zeros(self.num_aus),
+            "au_mask": torch.ones(self.num_aus, dtype=torch.bool),
+        }
+
+
+def make_optimizer(model: torch.nn.Module, s: Any) -> torch.optim.Optimizer:
+    """The optimiser of TrainSettings ``s`` over all trainable parameters (one group)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
+        )
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def task_loss(
+    out: Any, labels: torch.Tensor, smoothing: float, weights: Mapping[str, float] | None = None
+) -> torch.Tensor:
+    """Plain losses of the model's tasks (targets: the labels, zeros for VA and AUs)."""
+    import torch.nn.functional as F
+
+    w = weights or {}
+    total = torch.zeros((), device=labels.device)
+    if out.expression is not None:
+        total = total + w.get("expression", 1.0) * F.cross_entropy(
+            out.expression.float(), labels, label_smoothing=smoothing
+        )
+    if out.va is not None:
+        va = out.va.float()
+        total = total + w.get("va", 1.0) * F.mse_loss(va, torch.zeros_like(va))
+    if out.au is not None:
+        au = out.au.float()
+        total = total + w.get("au", 1.0) * F.binary_cross_entropy_with_logits(
+            au, torch.zeros_like(au)
+        )
+    return total
+
+
+def hand_train_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch: int,
+    steps: int,
+    augment: Any,
+    generator: torch.Generator,
+    settings: Any,
+    autocast_dtype: torch.dtype | None = None,
+) -> int:
+    """A minimal hand-written training loop over uint8 ``images``: returns the images seen.
+
+    Each step: a random batch, float in [0, 1], the recipe's batch augmentation, normalisation,
+    channels_last when ``settings.channels_last``, forward (under autocast with
+    ``autocast_dtype``), loss, backward, optimiser step.
+    """
+    from affectfpn.preprocess import normalize
+
+    config = model.config  # type: ignore[union-attr]
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    device = images.device
+    order = torch.randperm(images.shape[0], generator=generator).to(device)
+    for step in range(steps):
+        index = order[step * batch : (step + 1) * batch]
+        x = images[index].float().div_(255.0)
+        x = augment(x, generator)
+        x = normalize(x, config).contiguous(memory_format=memory_format)
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
+            out = model(x)
+        loss = task_loss(out, labels[index], settings.label_smoothing, settings.task_weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return batch * steps

@@ -43,53 +43,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from _common import (
     FER_RECIPE,
+    MemoryFaces,
     Timing,
     command_line,
     compare,
     describe_machine,
     finish,
+    hand_train_steps,
     machine,
+    make_optimizer,
     make_parser,
     paired_ratio,
     versions,
 )
-from torch import nn
-from torch.utils.data import Dataset
 
 from affectfpn import AffectFPN, AffectFPNConfig
-from affectfpn.labels import ACTION_UNITS
-from affectfpn.preprocess import normalize
 from affectfpn.recipes.augment import BatchAugment
 from affectfpn.recipes.recipe import load_recipe, model_from_recipe
 from affectfpn.recipes.trainer import Trainer, TrainSettings
 
 JSON_NAME = "gpu_benchmark.json"
-
-
-class MemoryFaces(Dataset[dict[str, Any]]):
-    """Training samples (the recipe datasets' dict contract) from uint8 tensors in memory."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
-            "image": self.images[index],
-            "key": f"face{index}",
-            "va": torch.zeros(2),
-            "va_mask": torch.tensor(True),
-            "expression": self.labels[index],
-            "expression_mask": torch.tensor(True),
-            "au": torch.zeros(len(ACTION_UNITS)),
-            "au_mask": torch.ones(len(ACTION_UNITS), dtype=torch.bool),
-        }
 
 
 def model_specs(quick: bool, small: bool) -> dict[str, dict[str, Any]]:
@@ -126,30 +101,6 @@ def model_specs(quick: bool, small: bool) -> dict[str, dict[str, Any]]:
     return specs
 
 
-def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
-        )
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
-
-
-def task_loss(out: Any, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Plain losses of the model's tasks (targets: the labels, zeros for VA and AUs)."""
-    total = torch.zeros((), device=labels.device)
-    if out.expression is not None:
-        total = total + F.cross_entropy(out.expression.float(), labels, label_smoothing=smoothing)
-    if out.va is not None:
-        total = total + F.mse_loss(out.va.float(), torch.zeros_like(out.va, dtype=torch.float32))
-    if out.au is not None:
-        au = out.au.float()
-        total = total + F.binary_cross_entropy_with_logits(au, torch.zeros_like(au))
-    return total
-
-
 def bench_model(name: str, spec: dict[str, Any], device: torch.device, args: Any) -> dict[str, Any]:
     """All modes of one model; returns its part of the JSON summary."""
 
@@ -167,6 +118,8 @@ def bench_model(name: str, spec: dict[str, Any], device: torch.device, args: Any
     table = {**spec["settings"], "batch_size": tb}
     table.update(device=device.type, progress=False, num_workers=0, num_threads=None)
     table.update(amp="bf16", channels_last=True, epochs=1000, max_steps_per_epoch=steps)
+    table.update(schedule="constant", warmup_epochs=0)  # the speed does not depend on the rate
+    table.pop("cycles", None)
     settings = TrainSettings.from_dict(table, source=f"{name} settings")
     augment: BatchAugment = spec["augment"]
 
@@ -193,22 +146,20 @@ def bench_model(name: str, spec: dict[str, Any], device: torch.device, args: Any
         return ib
 
     def train(dtype: torch.dtype | None) -> int:
-        order = torch.randperm(count, generator=aug_generator).to(device)
-        for step in range(steps):
-            index = order[step * tb : (step + 1) * tb]
-            batch = images[index].float().div_(255.0)
-            batch = augment(batch, aug_generator)
-            batch = normalize(batch, config).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
-            ):
-                out = train_model(batch)
-            loss = task_loss(out, labels[index], settings.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        seen = hand_train_steps(
+            train_model,
+            optimizer,
+            images,
+            labels,
+            batch=tb,
+            steps=steps,
+            augment=augment,
+            generator=aug_generator,
+            settings=settings,
+            autocast_dtype=dtype,
+        )
         sync()
-        return count
+        return seen
 
     torch.manual_seed(0)
     trainer_model: AffectFPN = spec["build"]()

@@ -31,16 +31,17 @@ Floor: the Trainer reaches at least 0.9x the hand-written loop's images/s.
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from _common import (
     FER_RECIPE,
     SHARED,
+    MemoryFaces,
     compare,
     finish,
+    hand_train_steps,
+    make_optimizer,
     make_parser,
     paired_ratio,
     print_table,
@@ -48,40 +49,14 @@ from _common import (
     verdict,
 )
 from PIL import Image
-from torch.utils.data import Dataset
 
-from affectfpn import AffectFPN
 from affectfpn.inference._io import list_images
-from affectfpn.labels import ACTION_UNITS
-from affectfpn.preprocess import normalize, pil_to_tensor, resize_face
+from affectfpn.preprocess import pil_to_tensor, resize_face
 from affectfpn.recipes.augment import BatchAugment
 from affectfpn.recipes.recipe import load_recipe, model_from_recipe
 from affectfpn.recipes.trainer import Trainer, TrainSettings
 
 FLOOR = 0.9
-
-
-class MemoryFaces(Dataset[dict[str, Any]]):
-    """Training samples (the recipe datasets' dict contract) from tensors in memory."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {
-            "image": self.images[index],
-            "key": f"face{index}",
-            "va": torch.zeros(2),
-            "va_mask": torch.tensor(True),
-            "expression": self.labels[index],
-            "expression_mask": torch.tensor(True),
-            "au": torch.zeros(len(ACTION_UNITS)),
-            "au_mask": torch.ones(len(ACTION_UNITS), dtype=torch.bool),
-        }
 
 
 def load_faces(root: Path, count: int, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
@@ -98,18 +73,6 @@ def load_faces(root: Path, count: int, size: tuple[int, int]) -> tuple[torch.Ten
         with Image.open(path) as image:
             tensors.append(pil_to_tensor(resize_face(image.convert("RGB"), size)))
     return torch.stack(tensors), f"{count} faces from {root}"
-
-
-def make_optimizer(model: AffectFPN, s: TrainSettings) -> torch.optim.Optimizer:
-    """The settings' optimiser over all trainable parameters (one group)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
-        )
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     recipe = load_recipe(args.recipe)
     table = recipe.table("train")
     table.update(device="cpu", progress=False, num_threads=None, epochs=1000)
+    table.update(schedule="constant", warmup_epochs=0)  # the speed does not depend on the rate
+    table.pop("cycles", None)
     if args.batch_size is not None:
         table["batch_size"] = args.batch_size
     table["max_steps_per_epoch"] = args.steps
@@ -185,33 +150,19 @@ def main(argv: list[str] | None = None) -> None:
         hand_model.to(memory_format=memory_format).train()
         optimizer = make_optimizer(hand_model, settings)
         generator = torch.Generator().manual_seed(0)
-        weights = settings.task_weights
 
         def run_hand() -> int:
-            order = torch.randperm(count, generator=generator)
-            for step in range(args.steps):
-                index = order[step * batch : (step + 1) * batch]
-                x = images[index].float().div_(255.0)
-                x = augment(x, generator)
-                x = normalize(x, config).contiguous(memory_format=memory_format)
-                out = hand_model(x)
-                loss = torch.zeros(())
-                if out.expression is not None:
-                    loss = loss + weights.get("expression", 1.0) * F.cross_entropy(
-                        out.expression, labels[index], label_smoothing=settings.label_smoothing
-                    )
-                if out.va is not None:
-                    loss = loss + weights.get("va", 1.0) * F.mse_loss(
-                        out.va, torch.zeros_like(out.va)
-                    )
-                if out.au is not None:
-                    loss = loss + weights.get("au", 1.0) * F.binary_cross_entropy_with_logits(
-                        out.au, torch.zeros_like(out.au)
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            return count
+            return hand_train_steps(
+                hand_model,
+                optimizer,
+                images,
+                labels,
+                batch=batch,
+                steps=args.steps,
+                augment=augment,
+                generator=generator,
+                settings=settings,
+            )
 
         print(f"\ntiming ({args.rounds} rounds, order rotated each round):")
         timings = compare(

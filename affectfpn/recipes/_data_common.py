@@ -548,33 +548,10 @@ def au_column_index(name: str) -> int | None:
 # --------------------------------------------------------------------------------------------
 
 
-class LabelledDataset(Dataset[Sample]):
-    """Label bookkeeping shared by every dataset here: keys, label arrays, masks, counts.
+class LabelArraysMixin:
+    """The label accessors of a dataset that holds its labels as one :class:`LabelArrays`."""
 
-    Subclasses set ``self._labels`` (:class:`LabelArrays`) and either ``self._keys_cache`` or
-    :meth:`key`.
-    """
-
-    #: Short name used in log lines and summaries.
-    name: str = "dataset"
     _labels: LabelArrays
-    _keys_cache: list[str] | None = None
-
-    def key(self, index: int) -> str:
-        """Return the unique, stable key of sample ``index``."""
-        if self._keys_cache is None:
-            raise NotImplementedError
-        return self._keys_cache[index]
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    @property
-    def keys(self) -> list[str]:
-        """The sample keys, in index order."""
-        if self._keys_cache is None:
-            self._keys_cache = [self.key(i) for i in range(len(self))]
-        return self._keys_cache
 
     @property
     def emits_expression_soft(self) -> bool:
@@ -596,6 +573,34 @@ class LabelledDataset(Dataset[Sample]):
     def counts(self) -> dict[str, int]:
         """Numbers of samples and valid labels (see :func:`label_counts`), e.g. for logging."""
         return label_counts(self._labels)
+
+
+class LabelledDataset(LabelArraysMixin, Dataset[Sample]):
+    """Label bookkeeping shared by every dataset here: keys, label arrays, masks, counts.
+
+    Subclasses set ``self._labels`` (:class:`LabelArrays`) and either ``self._keys_cache`` or
+    :meth:`key`.
+    """
+
+    #: Short name used in log lines and summaries.
+    name: str = "dataset"
+    _keys_cache: list[str] | None = None
+
+    def key(self, index: int) -> str:
+        """Return the unique, stable key of sample ``index``."""
+        if self._keys_cache is None:
+            raise NotImplementedError
+        return self._keys_cache[index]
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    @property
+    def keys(self) -> list[str]:
+        """The sample keys, in index order."""
+        if self._keys_cache is None:
+            self._keys_cache = [self.key(i) for i in range(len(self))]
+        return self._keys_cache
 
     def labels_summary(self) -> str:
         """A few lines describing the samples and their labels."""

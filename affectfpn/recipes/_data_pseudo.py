@@ -19,6 +19,7 @@ from affectfpn.recipes._data_common import (
     NUM_AUS,
     NUM_EXPRESSIONS,
     LabelArrays,
+    LabelArraysMixin,
     LabelledDataset,
     Sample,
     au_column_index,
@@ -111,7 +112,7 @@ def check_disjoint(*datasets: Dataset[Sample], by: Callable[[str], str] | None =
 # --------------------------------------------------------------------------------------------
 
 
-class MixedDataset(ConcatDataset[Sample]):
+class MixedDataset(LabelArraysMixin, ConcatDataset[Sample]):
     """Several training datasets as one, with unique keys and per-sample masks.
 
     With ``names``, each key becomes ``"<name>:<key>"``; without, the keys of the parts must
@@ -158,31 +159,10 @@ class MixedDataset(ConcatDataset[Sample]):
         """The (prefixed) sample keys, in index order."""
         return self._keys
 
-    @property
-    def emits_expression_soft(self) -> bool:
-        """Whether samples carry ``"expression_soft"``."""
-        return self._labels.expression_soft is not None
-
-    def label_arrays(self) -> LabelArrays:
-        """The labels of all samples (no image is read)."""
-        return self._labels
-
-    def masks(self) -> dict[str, np.ndarray]:
-        """Per-sample masks: ``{"va": bool[N], "expression": bool[N], "au": bool[N, 12]}``."""
-        return {
-            "va": self._labels.va_mask,
-            "expression": self._labels.expression_mask,
-            "au": self._labels.au_mask,
-        }
-
     def dataset_index(self) -> np.ndarray:
         """int64 [N]: which part each sample comes from."""
         sizes = np.diff(np.concatenate([[0], self.cumulative_sizes]))
         return np.repeat(np.arange(len(self.datasets)), sizes)
-
-    def counts(self) -> dict[str, int]:
-        """Numbers of samples and valid labels over all parts."""
-        return label_counts(self._labels)
 
     def labels_summary(self) -> str:
         """A summary of the whole and of each part."""
