@@ -502,6 +502,16 @@ def test_cosine_restarts_schedule(tmp_path: Path) -> None:
     assert restarts[6] == 1.0  # the restart begins at the full rate, without warm-up
     assert restarts[6:] == pytest.approx(factors(epochs=3, warmup_epochs=0))
     assert all(a > b for a, b in itertools.pairwise(restarts[6:]))
+    # the rate after the last step (what the run would continue with) is the cycle's end
+    ends = Trainer(
+        tiny_model(),
+        SyntheticFaces(TRAIN_N),
+        settings=tiny_settings(
+            epoch_fraction=1.0, epochs=5, schedule="cosine_restarts", cycles=[2, 3]
+        ),
+        output_dir=tmp_path,
+    )
+    assert ends._lr_factor(15) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ConfigError, match=r"add up to 4 epochs but train\.epochs is 5"):
         tiny_settings(epochs=5, schedule="cosine_restarts", cycles=[2, 2])
     with pytest.raises(ConfigError, match=r"train\.cycles must list"):

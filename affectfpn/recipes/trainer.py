@@ -329,6 +329,8 @@ def lr_factor(settings: TrainSettings, steps_per_epoch: int, step: int) -> float
             if step < end:
                 break
             start = end
+        else:  # after the last step: the end of the last cycle
+            start = end - s.cycles[-1] * steps_per_epoch
     begin = max(start, warmup)
     progress = min(1.0, (step - begin) / max(1, end - begin))
     if s.schedule == "step":
