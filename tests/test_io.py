@@ -438,3 +438,70 @@ def test_array_to_rgb_is_exposed_for_detectors(photo: np.ndarray) -> None:
     np.testing.assert_array_equal(array_to_rgb(grey)[:, :, 1], grey)
     with pytest.raises(InputError, match="<mine>"):
         array_to_rgb(np.zeros((2, 2, 5), np.uint8), source="<mine>")
+
+
+# --------------------------------------------------------------------------- JPEG fast path
+
+
+def _pillow_reference(data: bytes) -> np.ndarray:
+    from PIL import ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        upright = ImageOps.exif_transpose(im)
+        return np.asarray(upright.convert("RGB"))
+
+
+def _jpegs() -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    smooth = np.cumsum(rng.integers(0, 9, size=(37, 53, 3)), axis=1).clip(0, 255).astype(np.uint8)
+    colour = Image.fromarray(smooth)
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    return {
+        "colour 4:2:0": _png_bytes(colour, "JPEG", quality=90),
+        "colour 4:4:4": _png_bytes(colour, "JPEG", quality=95, subsampling=0),
+        "grey": _png_bytes(colour.convert("L"), "JPEG", quality=90),
+        "progressive": _png_bytes(colour, "JPEG", quality=80, progressive=True),
+        "exif rotated": _png_bytes(colour, "JPEG", quality=90, exif=rotated),
+        "cmyk": _png_bytes(colour.convert("CMYK"), "JPEG", quality=90),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_jpegs()))
+def test_jpeg_decoding_matches_pillow_pixel_for_pixel(kind: str) -> None:
+    # Plain JPEGs are decoded by OpenCV, the rest by Pillow: either way, Pillow's pixels.
+    data = _jpegs()[kind]
+    expected = _pillow_reference(data)
+    got = load_image(data).rgb
+    assert got.shape == expected.shape
+    assert np.array_equal(got, expected)
+
+
+def test_only_complete_plain_jpegs_take_the_opencv_path() -> None:
+    from affectfpn.inference._io import _plain_jpeg_header
+
+    jpegs = _jpegs()
+    assert _plain_jpeg_header(jpegs["colour 4:2:0"]) == (53, 37)
+    assert _plain_jpeg_header(jpegs["grey"]) == (53, 37)
+    assert _plain_jpeg_header(jpegs["progressive"]) == (53, 37)
+    assert _plain_jpeg_header(jpegs["cmyk"]) is None  # 4 components: Pillow converts them
+    truncated = jpegs["colour 4:2:0"][:-40]
+    assert _plain_jpeg_header(truncated) is None
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_image(truncated)
+    assert _plain_jpeg_header(b"\xff\xd8\xff\xd9") is None
+    assert _plain_jpeg_header(_png_bytes(Image.new("RGB", (4, 4)))) is None
+
+
+def test_a_jpeg_bomb_is_refused_before_opencv_decodes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    data = _jpegs()["colour 4:2:0"]
+    calls: list[int] = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(1) or real(*a))
+    with pytest.raises(InputError, match="more than the limit"):
+        load_image(data, max_pixels=100)
+    assert calls == []
+    assert load_image(data).rgb.shape == (37, 53, 3)
+    assert calls == [1]
