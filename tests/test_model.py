@@ -517,3 +517,22 @@ def test_fpn_features_skip_the_smoothed_maps_and_their_flops() -> None:
     per_pixel = 2 * 9 * 64 * 64
     smoothing = 2 * per_pixel * (16**2 + 8**2 + 4**2 + 2**2)
     assert maps.get_total_flops() - fused.get_total_flops() == smoothing - 2 * per_pixel * 4
+
+
+def test_frozen_batchnorm_matches_torchvision_and_keeps_its_state_dict() -> None:
+    from affectfpn.models._backbones import FrozenBatchNorm2d as Fused
+
+    torch.manual_seed(0)
+    reference, fused = FrozenBatchNorm2d(16, eps=1e-3), Fused(16, eps=1e-3)
+    for name, value in reference.named_buffers():
+        value.copy_(torch.rand_like(value) + (0.5 if name == "running_var" else -0.5))
+    assert fused.load_state_dict(reference.state_dict()) is not None
+    assert fused.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(3, 16, 5, 7, requires_grad=True)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        torch.testing.assert_close(fused(xl), reference(xl), atol=1e-6, rtol=1e-5)
+        (g_fused,) = torch.autograd.grad(fused(xl).square().sum(), x)
+        (g_ref,) = torch.autograd.grad(reference(xl).square().sum(), x)
+        torch.testing.assert_close(g_fused, g_ref, atol=1e-5, rtol=1e-5)
+    assert not any(p.requires_grad for p in fused.parameters())

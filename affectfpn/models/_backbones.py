@@ -12,7 +12,8 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torch.nn import functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d as _TorchvisionFrozenBatchNorm2d
 
 from affectfpn.config import BACKBONE_CHANNELS
 from affectfpn.errors import OfflineError, WeightsError
@@ -24,6 +25,20 @@ _MOBILENET_STAGE_ENDS: dict[str, tuple[int, int, int, int]] = {
     "mobilenet_v2": (3, 6, 13, 18),
     "mobilenet_v3_large": (3, 6, 12, 16),
 }
+
+
+class FrozenBatchNorm2d(_TorchvisionFrozenBatchNorm2d):
+    """torchvision's frozen BatchNorm (same buffers, same state dict), run as one fused kernel.
+
+    torchvision's version computes the scale and shift and applies them as separate multiply
+    and add kernels on every call; ``F.batch_norm`` in inference mode does the same arithmetic
+    in one pass over the map. The outputs agree up to float rounding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
 
 
 class Backbone(nn.Module):
