@@ -153,10 +153,17 @@ def list_images(directory: str | os.PathLike[str], *, recursive: bool = False) -
         folders (name starting with ``.``, e.g. macOS ``._photo.jpg`` resource forks) are skipped.
     """
     root = Path(directory)
-    candidates = root.rglob("*") if recursive else root.iterdir()
+    if not recursive:  # one scandir: names and file types without a stat per entry
+        with os.scandir(root) as entries:
+            names = [
+                e.name
+                for e in entries
+                if not e.name.startswith(".") and is_image_path(e.name) and e.is_file()
+            ]
+        return [root / name for name in sorted(names)]
     found = [
         p
-        for p in candidates
+        for p in root.rglob("*")
         if is_image_path(p) and not _is_hidden(p.relative_to(root).parts) and p.is_file()
     ]
     return sorted(found)
@@ -257,7 +264,8 @@ def _expand_path(obj: str | os.PathLike[Any], recursive: bool) -> Iterator[tuple
                 + ("" if recursive else "; pass recursive=True to search sub-folders")
             )
         for f in files:
-            yield str(f), f
+            name = str(f)
+            yield name, name
     elif not path.exists() and any(ch in text for ch in _GLOB_CHARS):
         pattern = os.path.expanduser(text)
         matches = sorted(
@@ -347,18 +355,21 @@ def _read_path(src: str | os.PathLike[Any], source: str) -> bytes:
     text = os.fsdecode(os.fspath(src))
     if text.lower().startswith(_URL_PREFIXES):
         raise _fail(source, "URLs are not downloaded; fetch the file first and pass its path")
-    path = Path(text).expanduser()
-    if path.is_dir():
+    path = os.path.expanduser(text)
+    try:  # no stat beforehand: the error says what is wrong
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
         raise _fail(
-            source,
-            "is a directory, not an image file; pass it to predict() (or iter_sources()) "
-            "to read every image in it",
-        )
-    if not path.exists():
-        raise _fail(source, "no such file; check the path (relative paths start at the cwd)")
-    try:
-        data = path.read_bytes()
+            source, "no such file; check the path (relative paths start at the cwd)"
+        ) from None
     except OSError as exc:
+        if os.path.isdir(path):  # Windows says "permission denied" for a directory
+            raise _fail(
+                source,
+                "is a directory, not an image file; pass it to predict() (or iter_sources()) "
+                "to read every image in it",
+            ) from None
         raise _fail(source, f"cannot read the file ({exc}); check its permissions") from exc
     if not data:
         raise _fail(source, "the file is empty (0 bytes); re-export or re-download it")
