@@ -67,6 +67,9 @@ class AffectFPNConfig:
             the authors did when starting from ImageNet weights.
         trainable_layers: How many backbone stages, counted from the top (C5 down to the stem),
             receive gradients: 0 freezes the backbone, 5 trains all of it.
+        test_time_flip: In eval mode, run every face and its mirror image and average the
+            outputs (valence/arousal and the expression and AU logits): slightly more accurate,
+            twice the compute. Training is unaffected.
     """
 
     backbone: str = "resnet18"
@@ -82,6 +85,7 @@ class AffectFPNConfig:
     head_dropout: float = 0.0
     frozen_bn: bool = False
     trainable_layers: int = 5
+    test_time_flip: bool = False
     model_type: ClassVar[str] = "affectfpn"
     _extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -101,7 +105,7 @@ class AffectFPNConfig:
             raise ConfigError(f"config field 'neck': {self.neck!r} is not one of {list(NECKS)}")
         _check_int("fpn_width", self.fpn_width, low=1, high=MAX_FPN_WIDTH)
         _check_int("trainable_layers", self.trainable_layers, low=0, high=5)
-        for name in ("extra_level", "frozen_bn"):
+        for name in ("extra_level", "frozen_bn", "test_time_flip"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false")
         if not self.tasks:

@@ -1,5 +1,6 @@
 """AffectFPN: shapes, gradients, freezing, odd sizes, features, and backbone initialisation."""
 
+import dataclasses
 import itertools
 import math
 import socket
@@ -536,3 +537,32 @@ def test_frozen_batchnorm_matches_torchvision_and_keeps_its_state_dict() -> None
         (g_ref,) = torch.autograd.grad(reference(xl).square().sum(), x)
         torch.testing.assert_close(g_fused, g_ref, atol=1e-5, rtol=1e-5)
     assert not any(p.requires_grad for p in fused.parameters())
+
+
+def test_test_time_flip_averages_the_face_and_its_mirror_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    plain = AffectFPN(_tiny("resnet18", fpn_width=8, input_size=(32, 32))).eval()
+    config = dataclasses.replace(plain.config, test_time_flip=True)
+    flipped = AffectFPN(config).eval()
+    flipped.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b, both = plain(x), plain(x.flip(3)), flipped(x)
+        mirrored = flipped(x.flip(3))
+    for task in ("va", "expression", "au"):
+        expected = (getattr(a, task) + getattr(b, task)) / 2
+        torch.testing.assert_close(getattr(both, task), expected, atol=1e-5, rtol=1e-4)
+        # the average is the same for a face and its mirror image
+        torch.testing.assert_close(
+            getattr(mirrored, task), getattr(both, task), atol=1e-5, rtol=1e-4
+        )
+    flipped.train()
+    plain.train()
+    torch.manual_seed(1)
+    out_flip = flipped(x)
+    torch.manual_seed(1)
+    out_plain = plain(x)
+    assert out_flip.expression.shape == (3, 7)
+    torch.testing.assert_close(out_flip.expression, out_plain.expression)  # training: no flip
+    with pytest.raises(ConfigError, match="test_time_flip"):
+        AffectFPNConfig(test_time_flip=1)  # type: ignore[arg-type]

@@ -114,6 +114,14 @@ class AffectFPN(nn.Module):
             raise InputError(
                 f"AffectFPN expects a normalised N x 3 x H x W tensor, got shape {tuple(x.shape)}"
             )
+        if self.config.test_time_flip and not self.training:
+            # one pass over the faces and their mirror images, then the mean of the two
+            n = x.shape[0]
+            both = self._heads(torch.cat([x, x.flip(3)]))
+            return AffectFPNOutput(*(None if t is None else (t[:n] + t[n:]) / 2 for t in both))
+        return self._heads(x)
+
+    def _heads(self, x: torch.Tensor) -> AffectFPNOutput:
         z = self.dropout(self.features(x))
         va = self.heads["va"](z).tanh() if "va" in self.heads else None
         expression = self.heads["expression"](z) if "expression" in self.heads else None
