@@ -467,3 +467,18 @@ def hand_train_steps(
         loss.backward()
         optimizer.step()
     return batch * steps
+
+
+def epoch_runner(trainer: Any, after: Callable[[], None] | None = None) -> Callable[[], int]:
+    """A ``compare`` candidate: one ``trainer.train_one_epoch`` per call (epochs counted up),
+    then ``after`` (e.g. a device synchronisation); returns the samples trained."""
+    epoch = [0]
+
+    def run() -> int:
+        record = trainer.train_one_epoch(epoch[0])
+        epoch[0] += 1
+        if after is not None:
+            after()
+        return int(record["train_samples"])
+
+    return run

@@ -50,6 +50,7 @@ from _common import (
     command_line,
     compare,
     describe_machine,
+    epoch_runner,
     finish,
     hand_train_steps,
     machine,
@@ -171,13 +172,7 @@ def bench_model(name: str, spec: dict[str, Any], device: torch.device, args: Any
         output_dir=output_dir,
         augment=augment,
     )
-    epoch = [0]
-
-    def run_trainer() -> int:
-        record = trainer.train_one_epoch(epoch[0])
-        epoch[0] += 1
-        sync()
-        return int(record["train_samples"])
+    run_trainer = epoch_runner(trainer, after=sync)
 
     candidates = {
         "infer fp32": lambda: infer(None),

@@ -39,6 +39,7 @@ from _common import (
     SHARED,
     MemoryFaces,
     compare,
+    epoch_runner,
     finish,
     hand_train_steps,
     make_optimizer,
@@ -139,12 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             output_dir=output_dir,
             augment=augment,
         )
-        epoch = [0]
-
-        def run_trainer() -> int:
-            record = trainer.train_one_epoch(epoch[0])
-            epoch[0] += 1
-            return int(record["train_samples"])
+        run_trainer = epoch_runner(trainer)
 
         memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         hand_model.to(memory_format=memory_format).train()

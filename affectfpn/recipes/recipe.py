@@ -20,13 +20,13 @@ Run a recipe from the command line with::
     python -m affectfpn.recipes.recipe recipes/fer2013.toml --set train.epochs=3
 """
 
-import argparse
 import copy
 import dataclasses
 import json
 import logging
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -481,37 +481,11 @@ def run_recipe(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m affectfpn.recipes.recipe RECIPE [--set k=v] [--stage S]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m affectfpn.recipes.recipe", description="Run an affectfpn recipe."
-    )
-    parser.add_argument("recipe", help="the recipe file (TOML)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change a setting, e.g. --set train.epochs=3 (repeatable)",
-    )
-    parser.add_argument(
-        "--stage",
-        dest="stages",
-        action="append",
-        default=None,
-        help="teacher-student only: teachers, pseudo, student or evaluate (repeatable)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    summary = run_recipe(args.recipe, overrides=args.overrides, stages=args.stages)
-    logger.info("done: %s", json.dumps(_short(summary), default=str))
-    return 0
+    """Command line: ``python -m affectfpn.recipes.recipe RECIPE [options]``, the same as
+    ``affectfpn train RECIPE [options]`` (for ``torchrun -m``, which needs a module)."""
+    from affectfpn.cli import main as cli_main
 
-
-def _short(summary: Any) -> Any:
-    if isinstance(summary, Mapping):
-        return {k: _short(v) for k, v in summary.items() if k != "history"}
-    return summary
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 __all__ = [
