@@ -404,3 +404,33 @@ def test_progress_bar_can_be_forced_on_or_off(
     assert "img" not in capsys.readouterr().err
     predict(model, images, faces="crop", progress=True)
     assert "3/3" in capsys.readouterr().err
+
+
+def test_compile_model_runs_every_batch_through_torch_compile(
+    model: AffectFPN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch.compile itself is torch's to test (and takes minutes on a CPU): here a stand-in
+    # records how it is asked and what runs through it.
+    calls: list[dict[str, object]] = []
+    batches: list[int] = []
+
+    def fake_compile(module: torch.nn.Module, **kwargs: object) -> object:
+        calls.append({"module": module, **kwargs})
+
+        def run(x: torch.Tensor) -> object:
+            batches.append(int(x.shape[0]))
+            return module(x)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    images = _random_images(5)
+    plain = predict(model, images, faces="crop", batch_size=2)
+    assert calls == []
+    assert batches == []
+    compiled = predict(model, images, faces="crop", batch_size=2, compile_model=True)
+    assert calls == [{"module": model, "dynamic": True}]
+    assert batches == [2, 2, 1]
+    np.testing.assert_allclose(_values(compiled), _values(plain), atol=TOL)
+    with pytest.raises(ConfigError, match="compile_model must be True or False"):
+        predict(model, images, faces="crop", compile_model="yes")  # type: ignore[arg-type]
