@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from affectfpn.errors import InputError
-from affectfpn.inference.draw import draw
+from affectfpn.inference.draw import draw, label_layout
 from affectfpn.inference.results import (
     ActionUnits,
     Expression,
@@ -70,9 +70,18 @@ def test_draw_returns_new_array_and_leaves_input_untouched() -> None:
     assert changed(out, image).any()
 
 
+def outside(diff: np.ndarray, *rects: tuple[int, int, int, int], margin: int = 2) -> np.ndarray:
+    """``diff`` with the given rectangles (grown by ``margin``) cleared."""
+    rest = diff.copy()
+    for x1, y1, x2, y2 in rects:
+        rest[max(0, y1 - margin) : y2 + margin, max(0, x1 - margin) : x2 + margin] = False
+    return rest
+
+
 def test_draw_marks_the_box_edges_and_landmarks() -> None:
     image = make_image()
-    out = draw(image, make_prediction(make_face()), color=(255, 0, 255))
+    prediction = make_prediction(make_face())
+    out = draw(image, prediction, color=(255, 0, 255))
     diff = changed(out, image)
     x1, y1, x2, y2 = BOX
     # the box outline: its left and right edges are changed along most of their height
@@ -82,26 +91,77 @@ def test_draw_marks_the_box_edges_and_landmarks() -> None:
     assert tuple(out[(y1 + y2) // 2, x1]) == (255, 0, 255)
     # the nose landmark (box centre) is a dot
     assert diff[(y1 + y2) // 2, (x1 + x2) // 2]
-    # away from the box and its label block (above the box), nothing changes
-    assert not diff[:, : x1 - 1].any()
-    assert not diff[y2 + 2 :, :].any()
-    assert not diff[y1 + 2 :, x2 + 2 :].any()
+    # outside the box and the label block, nothing changes (whatever the font's metrics)
+    (label,) = label_layout(prediction)
+    assert label is not None
+    assert not outside(diff, BOX, label).any()
+    assert diff[label[1] : label[3], label[0] : label[2]].mean() > 0.5
 
 
-def test_draw_label_is_inside_image_and_near_the_face() -> None:
+def test_draw_label_is_inside_image_and_next_to_the_face() -> None:
     image = make_image()
-    out = draw(image, make_prediction(make_face()))
+    prediction = make_prediction(make_face())
+    out = draw(image, prediction)
     diff = changed(out, image)
-    x1, y1, _, _ = BOX
-    # the label block sits right above the box (it fits there), starting at its left edge
-    above = diff[:y1, :]
-    assert above.any()
-    rows = np.nonzero(above.any(axis=1))[0]
+    x1, y1, x2, _ = BOX
+    (label,) = label_layout(prediction)
+    assert label is not None
+    lx1, ly1, lx2, ly2 = label
+    assert 0 <= lx1 < lx2 <= WIDTH
+    assert 0 <= ly1 < ly2 <= HEIGHT
+    # right above the box (there is room there), overlapping its columns
+    assert ly2 == y1
+    assert lx1 < x2 and lx2 > x1
+    # starting at the box's left edge, unless the block would then leave the image: then it
+    # ends at the image's right edge
+    assert lx1 == x1 if x1 + (lx2 - lx1) <= WIDTH else lx2 == WIDTH
+    # the pixels drawn above the box are those of the block
+    assert not outside(diff[:y1], label, margin=0).any()
+    rows = np.nonzero(diff[:y1].any(axis=1))[0]
     assert rows.max() == y1 - 1
-    assert not diff[:y1, :x1].any()
     # ... on a dark background: the block is darker than what it covers
-    label = out[:y1][above]
-    assert np.median(label.astype(float)) < np.median(image[:y1][above].astype(float))
+    block = (slice(ly1, ly2), slice(lx1 + 3, lx2))
+    assert np.median(out[block].astype(float)) < np.median(image[block].astype(float))
+
+
+@pytest.mark.parametrize("x1", [0, 20, 60, 120, 150])
+def test_draw_label_stays_in_image_and_touches_its_box(x1: int) -> None:
+    box = (x1, 70, x1 + 50, 130)
+    prediction = make_prediction(make_face(box=box))
+    (label,) = label_layout(prediction)
+    assert label is not None
+    lx1, ly1, lx2, ly2 = label
+    assert 0 <= lx1 < lx2 <= WIDTH and 0 <= ly1 < ly2 <= HEIGHT
+    assert ly2 == box[1]  # above the box
+    assert lx1 < box[2] and lx2 > box[0]  # overlapping the box's columns
+    # flush with one of the box's vertical edges, or with one side of the image
+    assert lx1 == box[0] or lx2 == box[2] or lx1 == 0 or lx2 == WIDTH
+
+
+def test_draw_labels_of_neighbouring_faces_do_not_overlap() -> None:
+    # a row of five faces side by side, as in a group photo: each label is wider than its face
+    width, height = 420, 260
+    boxes = [(10 + 80 * i, 110, 80 + 80 * i, 180) for i in range(5)]
+    faces = [make_face(i, box=box) for i, box in enumerate(boxes)]
+    prediction = ImagePrediction("group.png", width, height, tuple(faces))
+    labels = label_layout(prediction)
+    assert all(label is not None for label in labels)
+    rects = [label for label in labels if label is not None]
+    for i, a in enumerate(rects):
+        assert 0 <= a[0] < a[2] <= width and 0 <= a[1] < a[3] <= height
+        for b in rects[i + 1 :]:
+            overlap_w = min(a[2], b[2]) - max(a[0], b[0])
+            overlap_h = min(a[3], b[3]) - max(a[1], b[1])
+            assert overlap_w <= 0 or overlap_h <= 0, (a, b)
+        for box in boxes:  # and no label covers a face
+            assert min(a[2], box[2]) <= max(a[0], box[0]) or min(a[3], box[3]) <= max(
+                a[1], box[1]
+            )
+    # the drawing follows the layout: every label block is darkened
+    image = np.full((height, width, 3), 230, dtype=np.uint8)
+    out = draw(image, prediction)
+    for x1, y1, x2, y2 in rects:
+        assert np.median(out[y1:y2, x1 + 3 : x2]) < 200
 
 
 def test_draw_without_aus_draws_less() -> None:

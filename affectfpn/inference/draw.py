@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from affectfpn.errors import InputError
 from affectfpn.inference.results import FacePrediction, ImagePrediction
 
-__all__ = ["draw"]
+__all__ = ["draw", "label_layout"]
 
 #: Colours (RGB) given to faces by ``face_id`` when no colour is passed; a track keeps its colour.
 _PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -105,54 +105,169 @@ def _blend_rect(canvas: np.ndarray, x1: int, y1: int, x2: int, y2: int) -> None:
     region[...] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
-def _draw_label(
-    canvas: np.ndarray,
-    lines: Sequence[str],
-    anchor: tuple[int, int, int, int],
-    font_scale: float,
-    text_thickness: int,
-    color: tuple[int, int, int],
-    thickness: int,
-) -> None:
-    """Draw a text block beside a box ``anchor`` (x1, y1, x2, y2), kept inside the image.
+Rect = tuple[int, int, int, int]
 
-    The block goes above the box if it fits there, else below it, else inside its top edge; it is
-    shifted horizontally into the image, and the font shrinks if the block is wider than the image.
-    """
-    if not lines:
-        return
-    height, width = canvas.shape[:2]
-    stripe = max(2, thickness)  # a coloured stripe on the left ties the block to its box
+
+def _fit_font(
+    lines: Sequence[str], font_scale: float, text_thickness: int, width: int, height: int
+) -> tuple[float, int, list[tuple[tuple[int, int], int]]]:
+    """Shrink the font until the block fits the image: the scale, thickness and line sizes."""
     scale = font_scale
     while True:
         sizes = [cv2.getTextSize(line, _FONT, scale, text_thickness) for line in lines]
         pad = max(2, round(4 * scale))
         line_h = max(h + base for (_, h), base in sizes) + pad
-        block_w = max(w for (w, _), _ in sizes) + 2 * pad + stripe
+        block_w = max(w for (w, _), _ in sizes) + 2 * pad
         block_h = line_h * len(lines) + pad
         if (block_w <= width and block_h <= height) or scale <= 0.2:
-            break
+            return scale, text_thickness, sizes
         scale *= 0.85
         text_thickness = min(text_thickness, max(1, round(scale * 1.6)))
 
-    x1, y1, _, y2 = anchor
-    if y1 - block_h >= 0:
-        top = y1 - block_h
-    elif y2 + block_h <= height:
-        top = y2
-    else:
-        top = max(0, y1)
-    top = min(top, max(0, height - block_h))
-    left = min(max(0, x1), max(0, width - block_w))
 
-    _blend_rect(canvas, left, top, min(width, left + block_w), min(height, top + block_h))
-    canvas[top : min(height, top + block_h), left : min(width, left + stripe)] = color
+def _overlap(a: Rect, b: Rect) -> int:
+    """Area shared by two rectangles (x1, y1, x2, y2), end-exclusive."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0, w) * max(0, h)
+
+
+def _place_block(
+    size: tuple[int, int],
+    anchor: Rect,
+    image_size: tuple[int, int],
+    taken: Sequence[Rect],
+    faces: Sequence[Rect],
+) -> Rect:
+    """Where a ``size`` (w, h) label block goes for the face box ``anchor``.
+
+    Candidates: right above the box, right below it, further above or below (stacked past the
+    labels in the way), inside the box's top edge. Horizontally a block starts at the box's left
+    edge or ends at its right edge, shifted into the image. The candidate that covers the least of
+    the labels already placed, then of the other faces, then lies nearest the box, wins; ties go
+    to the earlier candidate (above, left-aligned).
+    """
+    bw, bh = size
+    width, height = image_size
+    x1, y1, x2, y2 = anchor
+    tops = [y1 - bh, y2]
+    for rect in taken:
+        tops += [rect[1] - bh, rect[3]]
+    tops.append(y1)
+    candidates: list[Rect] = []
+    for top in tops:
+        top = min(max(0, top), max(0, height - bh))
+        for left in (x1, x2 - bw):
+            left = min(max(0, left), max(0, width - bw))
+            rect = (left, top, left + bw, top + bh)
+            if rect not in candidates:
+                candidates.append(rect)
+
+    def cost(rect: Rect) -> tuple[int, int, int]:
+        on_labels = sum(_overlap(rect, other) for other in taken)
+        on_faces = sum(_overlap(rect, face) for face in faces)
+        gap = max(0, rect[1] - y2, y1 - rect[3]) + max(0, rect[0] - x2, x1 - rect[2])
+        return on_labels, on_faces, gap
+
+    return min(candidates, key=cost)  # min keeps the first of equal costs
+
+
+def _pixel_box(face: FacePrediction, width: int, height: int) -> Rect | None:
+    """A face's box in whole pixels inside the image; ``None`` for a face without a box."""
+    if face.box is None:
+        return None
+    x1, y1, x2, y2 = face.box
+    return (_pixel(x1, width), _pixel(y1, height), _pixel(x2, width), _pixel(y2, height))
+
+
+#: One face's label: its rectangle, text lines, line sizes, font scale and text thickness.
+_Label = tuple[Rect, list[str], list[tuple[tuple[int, int], int]], float, int]
+
+
+def _layout(
+    prediction: ImagePrediction,
+    thickness: int | None,
+    font_scale: float | None,
+    show_aus: bool,
+) -> tuple[list[_Label | None], int]:
+    """Each face's label block (``None`` when there is nothing to say) and the line thickness."""
+    width, height = prediction.width, prediction.height
+    short_side = min(width, height)
+    if thickness is None:
+        thickness = max(1, round(short_side / 300))
+    if thickness < 1:
+        raise InputError(f"thickness must be >= 1, got {thickness}")
+    if font_scale is None:
+        font_scale = max(0.35, short_side / 900)
+    if font_scale <= 0:
+        raise InputError(f"font_scale must be > 0, got {font_scale}")
+    text_thickness = max(1, round(font_scale * 1.6))
+    stripe = max(2, thickness)  # a coloured stripe on the left ties the block to its box
+    faces = list(prediction)
+    boxes = [_pixel_box(face, width, height) for face in faces]
+
+    def area(i: int) -> int:
+        box = boxes[i]
+        return 0 if box is None else (box[2] - box[0]) * (box[3] - box[1])
+
+    labels: list[_Label | None] = [None] * len(faces)
+    taken: list[Rect] = []
+    # Larger (nearer) faces first: their labels get the best places.
+    for i in sorted(range(len(faces)), key=lambda i: -area(i)):
+        lines = _face_lines(
+            faces[i], len(faces) > 1, show_aus, max(1, int(width * 0.9)), font_scale, text_thickness
+        )
+        if not lines:
+            continue
+        scale, text_th, sizes = _fit_font(
+            lines, font_scale, text_thickness, max(1, width - stripe), height
+        )
+        pad = max(2, round(4 * scale))
+        line_h = max(h + base for (_, h), base in sizes) + pad
+        size = (max(w for (w, _), _ in sizes) + 2 * pad + stripe, line_h * len(lines) + pad)
+        others = [box for j, box in enumerate(boxes) if j != i and box is not None]
+        rect = _place_block(size, boxes[i] or (0, 0, 0, 0), (width, height), taken, others)
+        taken.append(rect)
+        labels[i] = (rect, lines, sizes, scale, text_th)
+    return labels, thickness
+
+
+def label_layout(
+    prediction: ImagePrediction,
+    *,
+    thickness: int | None = None,
+    font_scale: float | None = None,
+    show_aus: bool = True,
+) -> list[tuple[int, int, int, int] | None]:
+    """Where :func:`draw` puts each face's label block: ``(x1, y1, x2, y2)``, end-exclusive.
+
+    One entry per face of ``prediction``, ``None`` for a face with nothing to say. A block lies
+    inside the image next to its face (right above the box where there is room, else below it,
+    shifted into the image), and blocks do not cover each other or other faces where the image
+    leaves room for that. The arguments are :func:`draw`'s.
+    """
+    labels, _ = _layout(prediction, thickness, font_scale, show_aus)
+    return [label[0] if label is not None else None for label in labels]
+
+
+def _draw_label(
+    canvas: np.ndarray,
+    label: _Label,
+    color: tuple[int, int, int],
+    stripe: int,
+) -> None:
+    """Draw a label block on a darkened background, with a coloured stripe on its left."""
+    (left, top, right, bottom), lines, sizes, scale, text_thickness = label
+    height, width = canvas.shape[:2]
+    pad = max(2, round(4 * scale))
+    line_h = max(h + base for (_, h), base in sizes) + pad
+    _blend_rect(canvas, left, top, min(width, right), min(height, bottom))
+    canvas[top : min(height, bottom), left : min(width, left + stripe)] = color
     for i, ((_, h), _base) in enumerate(sizes):
-        baseline_y = top + pad + i * line_h + h
         cv2.putText(
             canvas,
             lines[i],
-            (left + stripe + pad, baseline_y),
+            (left + stripe + pad, top + pad + i * line_h + h),
             _FONT,
             scale,
             _TEXT_COLOR,
@@ -214,27 +329,13 @@ def draw(
             raise InputError(f"color must be an (R, G, B) tuple of ints, got {color!r}")
         color = (int(color[0]), int(color[1]), int(color[2]))
 
-    short_side = min(width, height)
-    if thickness is None:
-        thickness = max(1, round(short_side / 300))
-    if thickness < 1:
-        raise InputError(f"thickness must be >= 1, got {thickness}")
-    if font_scale is None:
-        font_scale = max(0.35, short_side / 900)
-    if font_scale <= 0:
-        raise InputError(f"font_scale must be > 0, got {font_scale}")
-    text_thickness = max(1, round(font_scale * 1.6))
-    show_id = len(prediction) > 1
-
-    for face in prediction:
+    placed, thickness = _layout(prediction, thickness, font_scale, show_aus)
+    faces = list(prediction)
+    for face in faces:  # boxes and landmarks first, so that no outline crosses a label
         face_color = color if color is not None else _PALETTE[face.face_id % len(_PALETTE)]
-        if face.box is not None:
-            x1, y1 = _pixel(face.box[0], width), _pixel(face.box[1], height)
-            x2, y2 = _pixel(face.box[2], width), _pixel(face.box[3], height)
-            cv2.rectangle(canvas, (x1, y1), (x2, y2), face_color, thickness, cv2.LINE_8)
-            anchor = (x1, y1, x2, y2)
-        else:
-            anchor = (0, 0, 0, 0)
+        box = _pixel_box(face, width, height)
+        if box is not None:
+            cv2.rectangle(canvas, box[:2], box[2:], face_color, thickness, cv2.LINE_8)
         if face.landmarks is not None:
             radius = max(1, thickness)
             for lx, ly in face.landmarks:
@@ -242,7 +343,9 @@ def draw(
                     center = (round(lx), round(ly))
                     cv2.circle(canvas, center, radius + 1, _BACKGROUND, -1, cv2.LINE_AA)
                     cv2.circle(canvas, center, radius, _LANDMARK_COLOR, -1, cv2.LINE_AA)
-        max_text_width = max(1, int(width * 0.9))
-        lines = _face_lines(face, show_id, show_aus, max_text_width, font_scale, text_thickness)
-        _draw_label(canvas, lines, anchor, font_scale, text_thickness, face_color, thickness)
+    for face, item in zip(faces, placed, strict=True):
+        if item is None:
+            continue
+        face_color = color if color is not None else _PALETTE[face.face_id % len(_PALETTE)]
+        _draw_label(canvas, item, face_color, max(2, thickness))
     return canvas
