@@ -78,6 +78,14 @@ is sent. ``hf_hub_download`` catches that and serves the cached file of the bran
 for code that reads the environment itself); the environment variable alone does nothing after
 import.
 
+What the server was asked
+-------------------------
+`LocalHub.requests` lists every request (``"METHOD /path?query"``) and `LocalHub.tokens` the
+bearer token each one carried; `LocalHub.is_private` says whether ``POST /api/repos/create`` asked
+for a private repo (``"visibility": "private"``, or the older ``"private": true``) (``repo_info`` answers with it). Refused connections never reach the server, so
+`LocalHub.connect_attempts` counts them on the client side (`LocalHub.watch_connections`, which
+`hub_env` installs).
+
 Retries
 -------
 Only the first metadata request of ``hf_hub_download`` is made without retries. When it fails
@@ -221,6 +229,7 @@ class _Repo:
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, _Commit] = field(default_factory=dict)
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    private: bool = False
 
 
 def _iso(date: datetime) -> str:
@@ -251,6 +260,8 @@ class LocalHub:
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._lfs_store: dict[str, bytes] = {}
         self._requests: list[str] = []
+        self._tokens: list[str | None] = []
+        self._connect_attempts = 0
         self._down: DownMode | None = None
         self._counter = itertools.count()
         self._server: ThreadingHTTPServer | None = None
@@ -352,10 +363,49 @@ class LocalHub:
         with self._lock:
             return list(self._requests)
 
+    @property
+    def tokens(self) -> list[str | None]:
+        """The bearer token of each request in `requests` (``None``: no ``Authorization``)."""
+        with self._lock:
+            return list(self._tokens)
+
+    @property
+    def connect_attempts(self) -> int:
+        """TCP connections this process tried to open to the server, refused ones included.
+
+        Counted on the client side (the server cannot see a refused connection), by
+        `watch_connections`, which `hub_env` installs: ``socket.socket.connect`` calls to this
+        server's address. Unlike `request_count`, it shows a retry loop while the server refuses.
+        """
+        with self._lock:
+            return self._connect_attempts
+
+    def watch_connections(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Count, in `connect_attempts`, every ``socket.connect`` to this server (undone by
+        ``monkeypatch``). ``socket.create_connection`` and httpx's sync transport go through it."""
+        import socket
+
+        real_connect = socket.socket.connect
+        hub = self
+
+        def counting_connect(sock: socket.socket, address: Any) -> None:
+            if (
+                isinstance(address, tuple)
+                and len(address) >= 2
+                and address[0] in ("127.0.0.1", "localhost")
+                and address[1] == hub._port
+            ):
+                with hub._lock:
+                    hub._connect_attempts += 1
+            real_connect(sock, address)
+
+        monkeypatch.setattr(socket.socket, "connect", counting_connect)
+
     def reset_requests(self) -> None:
         """Forget the requests received so far (`request_count` drops to 0)."""
         with self._lock:
             self._requests.clear()
+            self._tokens.clear()
 
     # ------------------------------------------------------------------ content (test side)
     def create_repo(self, repo_id: str, *, repo_type: str = "model", exist_ok: bool = True) -> str:
@@ -466,6 +516,11 @@ class LocalHub:
                 oid = repo.commits[oid].parent
             return out
 
+    def is_private(self, repo_id: str, *, repo_type: str = "model") -> bool:
+        """Whether ``POST /api/repos/create`` asked for a private repo (``visibility``)."""
+        with self._lock:
+            return self._get_repo(repo_type, repo_id).private
+
     def repo_exists(self, repo_id: str, *, repo_type: str = "model") -> bool:
         """Whether the repo exists on this server."""
         with self._lock:
@@ -518,9 +573,10 @@ class LocalHub:
             return repo.commits[revision]
         raise _HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
-    def _record(self, line: str) -> DownMode | None:
+    def _record(self, line: str, token: str | None = None) -> DownMode | None:
         with self._lock:
             self._requests.append(line)
+            self._tokens.append(token)
             return self._down
 
 
@@ -566,7 +622,9 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------------ plumbing
     def _dispatch(self, method: str) -> None:
         body = self._read_body()
-        down = self.hub._record(f"{method} {self.path}")
+        auth = self.headers.get("Authorization") or ""
+        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else None
+        down = self.hub._record(f"{method} {self.path}", token)
         try:
             if down is not None:
                 raise _HubError(503, "LocalHub is down (simulated outage)")
@@ -769,7 +827,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "sha": commit.oid,
                 "lastModified": _iso(commit.date),
                 "createdAt": _iso(repo.created),
-                "private": False,
+                "private": repo.private,
                 "disabled": False,
                 "gated": False,
                 "downloads": 0,
@@ -855,6 +913,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
             self.hub.create_repo(repo_id, repo_type=repo_type)
+            # huggingface_hub 2.x sends "visibility"; older clients sent "private"
+            private = payload.get("visibility") == "private" or payload.get("private") is True
+            self.hub._get_repo(repo_type, repo_id).private = private
         self._send_json({"url": url, "name": repo_id, "id": repo_id})
 
     def _delete_repo(self, payload: dict[str, Any]) -> None:
@@ -1116,6 +1177,7 @@ def hub_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[LocalHu
 
     with LocalHub() as hub:
         point_hf_at(monkeypatch, hub.endpoint, tmp_path / "hf_home")
+        hub.watch_connections(monkeypatch)
         fast_hf_retries(monkeypatch)
         close_session()  # no pooled connection from an earlier test may be reused
         try:

@@ -193,3 +193,31 @@ def test_503_requests_are_counted(local_hub: LocalHub) -> None:
     assert local_hub.is_down
     assert local_hub.request_count >= 2
     assert set(local_hub.requests) == {f"HEAD /{REPO}/resolve/main/config.json"}
+
+
+def test_create_repo_records_private_and_the_token(local_hub: LocalHub) -> None:
+    api = HfApi(token="hf_secret_test_token")
+    api.create_repo("someone/private-one", private=True)
+    api.create_repo("someone/public-one")
+    assert local_hub.is_private("someone/private-one")
+    assert not local_hub.is_private("someone/public-one")
+    assert api.repo_info("someone/private-one").private is True
+    creates = [i for i, r in enumerate(local_hub.requests) if r == "POST /api/repos/create"]
+    assert len(creates) == 2
+    assert {local_hub.tokens[i] for i in creates} == {"hf_secret_test_token"}
+    HfApi().create_repo("someone/anonymous")
+    assert local_hub.tokens[-1] is None
+
+
+def test_connect_attempts_count_refused_connections(local_hub: LocalHub) -> None:
+    import socket
+
+    host, port = "127.0.0.1", int(local_hub.endpoint.rsplit(":", 1)[1])
+    socket.create_connection((host, port), timeout=1).close()
+    assert local_hub.connect_attempts == 1
+    local_hub.set_down(True, mode="refuse")
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, port), timeout=1)
+    assert local_hub.connect_attempts == 3
+    assert local_hub.request_count == 0  # refused connections are not requests
