@@ -81,8 +81,9 @@ import.
 What the server was asked
 -------------------------
 `LocalHub.requests` lists every request (``"METHOD /path?query"``) and `LocalHub.tokens` the
-bearer token each one carried; `LocalHub.is_private` says whether ``POST /api/repos/create`` asked
-for a private repo (``"visibility": "private"``, or the older ``"private": true``) (``repo_info`` answers with it). Refused connections never reach the server, so
+bearer token each one carried; `LocalHub.is_private` says whether ``POST /api/repos/create``
+asked for a private repo (``"visibility": "private"``, or the older ``"private": true``;
+``repo_info`` answers with it). Refused connections never reach the server, so
 `LocalHub.connect_attempts` counts them on the client side (`LocalHub.watch_connections`, which
 `hub_env` installs).
 
