@@ -189,7 +189,8 @@ def _common_parents() -> dict[str, _Parser]:
         "--detector",
         default="auto",
         metavar="NAME|FILE",
-        help="face detector: auto (YuNet, else the Haar cascade), yunet, haar, or a YuNet .onnx "
+        help="face detector: auto (the embedded YuNet; Haar only where OpenCV cannot run YuNet), "
+        "yunet, yunet-hub (the Hub's pinned YuNet, downloaded once), haar, or a YuNet .onnx "
         "file (default: auto)",
     )
     group.add_argument(
@@ -461,13 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "download",
         "fetch weights and the face detector for offline use",
-        "Download a model's weights (a registered name or a Hub repo id) and the YuNet face "
-        "detector into the Hugging Face cache, check them, and print where they are. Afterwards "
-        "they load with no network (HF_HUB_OFFLINE=1).",
+        "Download a model's weights (a registered name or a Hub repo id) into the Hugging Face "
+        "cache, check them, and print where they are, with the face detector's file. Afterwards "
+        "they load with no network (HF_HUB_OFFLINE=1). The YuNet detector ships inside the "
+        "package; --hub-detector also fetches the Hub's pinned YuNet (--detector yunet-hub).",
         [
             "affectfpn download",
             "affectfpn download user/affect-model --revision v1.0",
-            "affectfpn download --detector-only",
+            "affectfpn download --detector-only --hub-detector",
         ],
     )
     p.add_argument(
@@ -479,7 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="Hub branch, tag or commit")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--no-detector", action="store_true", help="skip the face detector")
-    what.add_argument("--detector-only", action="store_true", help="fetch only the face detector")
+    what.add_argument("--detector-only", action="store_true", help="only the face detector")
+    p.add_argument(
+        "--hub-detector",
+        action="store_true",
+        help="also download the Hub's pinned YuNet (default: the embedded one, no download)",
+    )
     p.set_defaults(handler=_cmd_download)
     return parser
 
@@ -1034,9 +1041,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
         load_folder(AffectFPN, folder, source=label)
         lines.append(("model", label, str(folder / WEIGHTS_NAME)))
     if not args.no_detector:
-        from affectfpn.inference.detectors import download_yunet
+        from affectfpn.inference.detectors import default_yunet, download_yunet
 
-        lines.append(("detector", "YuNet", str(download_yunet())))
+        if args.hub_detector:
+            lines.append(("detector", "YuNet (Hub, pinned)", str(download_yunet())))
+        else:
+            lines.append(("detector", "YuNet (embedded, no download needed)", str(default_yunet())))
     sys.stdout.write(_format_table(("what", "name", "path"), lines, numeric=set()))
     return EXIT_OK
 

@@ -5,10 +5,11 @@ best first; an image without a face gives an empty list. Any object with a match
 method plugs in (see :class:`FaceDetector`).
 
 YuNet weights: ``YuNetDetector(model_path=...)`` uses a local ONNX file; without one it uses the
-file named by the environment variable ``AFFECTFPN_YUNET``, else downloads
-``face_detection_yunet_2023mar.onnx`` from the Hugging Face Hub repository
-``opencv/face_detection_yunet`` at the pinned revision ``YUNET_REVISION`` (cached by
-``huggingface_hub``; MIT licence).
+file named by the environment variable ``AFFECTFPN_YUNET``, else the YuNet file embedded in the
+package (MIT licence; provenance in ``affectfpn/inference/yunet/README.md``; its SHA-256 is checked
+before first use), so detection needs no network. Another version, the Hub's
+``face_detection_yunet_2023mar.onnx`` of ``opencv/face_detection_yunet`` at the pinned revision
+``YUNET_REVISION``, is an opt-in download: :func:`download_yunet`, ``detector="yunet-hub"``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import math
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -39,7 +42,9 @@ __all__ = [
     "FaceDetector",
     "HaarDetector",
     "YuNetDetector",
+    "default_yunet",
     "download_yunet",
+    "embedded_yunet",
     "get_detector",
 ]
 
@@ -55,10 +60,13 @@ YUNET_REVISION = "3cc26e7f1014a5ee5d74a42acee58bafc9d0a310"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 #: Environment variable naming a local YuNet ONNX file, used when no ``model_path`` is given.
 YUNET_ENV = "AFFECTFPN_YUNET"
+#: The YuNet file shipped inside the package (``affectfpn/inference/yunet/``), and its SHA-256.
+EMBEDDED_YUNET_FILENAME = "face_detection_yunet.onnx"
+EMBEDDED_YUNET_SHA256 = "ebafce4e3c118d6554634be5c27ab333b4c047a9a8c3faf1d7cf93101c22f0f0"
 
 _MIN_CV2 = (4, 8)
 _HAAR_FILENAME = "haarcascade_frontalface_default.xml"
-_DETECTOR_NAMES = ("auto", "yunet", "haar")
+_DETECTOR_NAMES = ("auto", "yunet", "yunet-hub", "haar")
 _verified_downloads: set[str] = set()
 
 
@@ -181,6 +189,26 @@ def _require_cv2_for_yunet() -> None:
         )
 
 
+_log_level_lock = threading.Lock()
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Hide OpenCV's warnings for the duration (OpenCV 5 warns on every YuNet load that its new
+    graph engine ignores the compute target: nothing a user can act on). Errors still show."""
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is None:
+        yield
+        return
+    with _log_level_lock:
+        previous = logging_api.getLogLevel()
+        logging_api.setLogLevel(min(previous, logging_api.LOG_LEVEL_ERROR))
+        try:
+            yield
+        finally:
+            logging_api.setLogLevel(previous)
+
+
 def _as_rgb(image: np.ndarray) -> np.ndarray:
     """Accept RGB uint8 as is, anything else :func:`array_to_rgb` accepts after conversion."""
     if (
@@ -202,6 +230,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: How to name another YuNet file, for error messages.
+_YUNET_FIX = (
+    "pass detector='path/to/face_detection_yunet.onnx' to predict (--detector FILE on the "
+    f"command line, YuNetDetector(model_path=...) in code) or set {YUNET_ENV}=<path>"
+)
+
+
 def _verify_download(path: Path) -> Path:
     key = str(path)
     if key not in _verified_downloads:
@@ -210,22 +245,62 @@ def _verify_download(path: Path) -> Path:
             raise WeightsError(
                 f"{path}: SHA-256 {actual} does not match the pinned YuNet file "
                 f"({YUNET_REPO_ID}@{YUNET_REVISION}, {YUNET_SHA256}); delete the file to "
-                "download it again, or pass model_path= to a copy you trust"
+                f"download it again, or {_YUNET_FIX} with a copy you trust"
             )
         _verified_downloads.add(key)
     return path
 
 
-def _local_yunet() -> Path | None:
-    """The YuNet file available without network: ``AFFECTFPN_YUNET``, else the Hub cache."""
-    env = os.environ.get(YUNET_ENV, "").strip()
-    if env:
-        path = Path(env).expanduser()
+def embedded_yunet() -> Path:
+    """The YuNet file shipped inside the package, after checking its SHA-256 (once a process).
+
+    Raises:
+        WeightsError: the file is missing or altered (reinstall affectfpn).
+    """
+    from importlib import resources
+
+    path = Path(str(resources.files("affectfpn") / "inference" / "yunet" / EMBEDDED_YUNET_FILENAME))
+    key = str(path)
+    if key not in _verified_downloads:
         if not path.is_file():
             raise WeightsError(
-                f"{YUNET_ENV}={env!r} names no file; point it at a YuNet .onnx file or unset it"
+                f"the embedded YuNet detector {path} is missing: reinstall affectfpn, or "
+                f"{_YUNET_FIX}"
             )
-        return path
+        actual = _sha256(path)
+        if actual != EMBEDDED_YUNET_SHA256:
+            raise WeightsError(
+                f"the embedded YuNet detector {path} has SHA-256 {actual}, expected "
+                f"{EMBEDDED_YUNET_SHA256}: the installation is damaged; reinstall affectfpn, or "
+                f"{_YUNET_FIX}"
+            )
+        _verified_downloads.add(key)
+    return path
+
+
+def _env_yunet() -> Path | None:
+    """The file named by ``AFFECTFPN_YUNET``, or ``None`` when the variable is unset."""
+    env = os.environ.get(YUNET_ENV, "").strip()
+    if not env:
+        return None
+    path = Path(env).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"{YUNET_ENV}={env!r} names no file; point it at a YuNet .onnx file or unset it"
+        )
+    return path
+
+
+def default_yunet() -> Path:
+    """The YuNet file used when none is named: ``AFFECTFPN_YUNET``, else the embedded one."""
+    return _env_yunet() or embedded_yunet()
+
+
+def _local_yunet() -> Path | None:
+    """The Hub's YuNet available without network: ``AFFECTFPN_YUNET``, else the Hub cache."""
+    env = _env_yunet()
+    if env is not None:
+        return env
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(YUNET_REPO_ID, YUNET_FILENAME, revision=YUNET_REVISION)
@@ -235,10 +310,11 @@ def _local_yunet() -> Path | None:
 
 
 def download_yunet() -> Path:
-    """Return the local path of the pinned YuNet file, downloading it once if needed.
+    """Return the local path of the Hub's pinned YuNet file, downloading it once if needed.
 
-    ``AFFECTFPN_YUNET`` wins when set. The download goes to the ``huggingface_hub`` cache and its
-    SHA-256 is checked.
+    An opt-in: detection uses the embedded YuNet unless told otherwise (``detector="yunet-hub"``
+    uses this file). ``AFFECTFPN_YUNET`` wins when set. The download goes to the
+    ``huggingface_hub`` cache and its SHA-256 is checked.
 
     Raises:
         OfflineError: no network (or offline mode) and nothing cached.
@@ -257,8 +333,8 @@ def download_yunet() -> Path:
 
     where = f"{YUNET_FILENAME} from the Hugging Face Hub repo {YUNET_REPO_ID}@{YUNET_REVISION}"
     fix = (
-        f"pass model_path= to a local copy of the YuNet .onnx file, set {YUNET_ENV}=<path>, "
-        "or run `affectfpn download` once while online"
+        f"use the embedded YuNet (detector='yunet', the default), {_YUNET_FIX}, or run "
+        "`affectfpn download --hub-detector` once while online"
     )
     from affectfpn._hub import hub_unreachable
 
@@ -290,8 +366,9 @@ class YuNetDetector:
     object is resized per image; one instance may be shared by threads.
 
     Args:
-        model_path: a local YuNet ``.onnx`` file. ``None``: ``$AFFECTFPN_YUNET``, else the pinned
-            Hub file (see :func:`download_yunet`).
+        model_path: a local YuNet ``.onnx`` file. ``None``: ``$AFFECTFPN_YUNET``, else the YuNet
+            file embedded in the package (no network; the Hub's pinned version is
+            ``YuNetDetector(download_yunet())``).
         score_threshold: drop faces scoring lower (0..1).
         nms_threshold: IoU above which overlapping boxes are merged (0..1).
         top_k: keep at most this many candidates before non-maximum suppression.
@@ -301,7 +378,6 @@ class YuNetDetector:
         AffectFPNError: OpenCV older than 4.8.
         ConfigError: an argument out of range.
         WeightsError: the model file is missing or OpenCV cannot load it.
-        OfflineError: the model must be downloaded and the network is off.
     """
 
     def __init__(
@@ -327,10 +403,11 @@ class YuNetDetector:
             if not path.is_file():
                 raise WeightsError(
                     f"{path}: no such YuNet model file; pass the path of a YuNet .onnx file "
-                    "(e.g. face_detection_yunet_2023mar.onnx) or model_path=None to download it"
+                    "(e.g. face_detection_yunet_2023mar.onnx), or model_path=None for the "
+                    "embedded one"
                 )
         else:
-            path = download_yunet()
+            path = default_yunet()
         self.model_path = path
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -342,14 +419,15 @@ class YuNetDetector:
 
     def _load(self) -> Any:
         try:
-            return cv2.FaceDetectorYN.create(
-                str(self.model_path),
-                "",
-                (320, 320),
-                self.score_threshold,
-                self.nms_threshold,
-                self.top_k,
-            )
+            with _quiet_opencv():
+                return cv2.FaceDetectorYN.create(
+                    str(self.model_path),
+                    "",
+                    (320, 320),
+                    self.score_threshold,
+                    self.nms_threshold,
+                    self.top_k,
+                )
         except cv2.error as exc:
             raise WeightsError(
                 f"{self.model_path}: OpenCV {cv2.__version__} cannot load this file as a YuNet "
@@ -533,8 +611,9 @@ def get_detector(spec: object = "auto") -> FaceDetector:
     """Build a face detector from a name, a model path, or return a detector object as is.
 
     Args:
-        spec: ``"yunet"`` (local/cached/downloaded YuNet), ``"haar"`` (OpenCV cascade),
-            ``"auto"`` (YuNet when its weights are local or downloadable, else Haar; the choice
+        spec: ``"yunet"`` (``$AFFECTFPN_YUNET``, else the embedded YuNet), ``"yunet-hub"`` (the
+            Hub's pinned YuNet, downloaded once), ``"haar"`` (OpenCV cascade), ``"auto"`` (YuNet
+            as ``"yunet"``; the Haar cascade only where this OpenCV cannot run YuNet; the choice
             is logged), a path ending in ``.onnx`` (YuNet from that file), or any object with a
             ``detect(rgb) -> list[Detection]`` method.
 
@@ -547,6 +626,8 @@ def get_detector(spec: object = "auto") -> FaceDetector:
         key = text.strip().lower()
         if key == "yunet":
             return YuNetDetector()
+        if key == "yunet-hub":
+            return YuNetDetector(download_yunet())
         if key == "haar":
             return HaarDetector()
         if key == "auto":
@@ -564,10 +645,8 @@ def get_detector(spec: object = "auto") -> FaceDetector:
 
 def _auto_detector() -> FaceDetector:
     try:
-        _require_cv2_for_yunet()
-        local = _local_yunet()
-        detector = YuNetDetector(local)  # None: download
-    except AffectFPNError as yunet_error:  # OfflineError, WeightsError, old OpenCV
+        detector = YuNetDetector()
+    except AffectFPNError as yunet_error:  # old OpenCV, a damaged file
         try:
             haar = HaarDetector()
         except AffectFPNError as haar_error:

@@ -114,7 +114,10 @@ def _fit_font(
     """Shrink the font until the block fits the image: the scale, thickness and line sizes."""
     scale = font_scale
     while True:
-        sizes = [cv2.getTextSize(line, _FONT, scale, text_thickness) for line in lines]
+        sizes: list[tuple[tuple[int, int], int]] = []
+        for line in lines:
+            (w, h), base = cv2.getTextSize(line, _FONT, scale, text_thickness)
+            sizes.append(((int(w), int(h)), int(base)))
         pad = max(2, round(4 * scale))
         line_h = max(h + base for (_, h), base in sizes) + pad
         block_w = max(w for (w, _), _ in sizes) + 2 * pad

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import IO, Any, TypedDict, TypeVar, overload
 
 import numpy as np
 import torch
@@ -661,6 +661,39 @@ class Predictor:
 # --------------------------------------------------------------------------- functions
 
 
+class PredictOptions(TypedDict, total=False):
+    """The keyword options of :func:`predict`, which :func:`predict_iter` takes as well."""
+
+    faces: str
+    detector: str | os.PathLike[str] | FaceDetector
+    batch_size: int
+    device: str | torch.device | None
+    au_threshold: float
+    bgr: bool
+    progress: bool | None
+    num_workers: int | None
+    on_error: str
+    recursive: bool
+    amp: bool | None
+    compile_model: bool
+
+
+#: One image, as :func:`predict` takes it: a path, bytes, a binary file, a PIL image, an array or
+#: a tensor. (A folder, a glob pattern, or an ``N x ...`` array or tensor holds several images
+#: and gives a list, although a type checker sees one input.)
+ImageInput = str | os.PathLike[str] | bytes | IO[bytes] | Image.Image | np.ndarray | torch.Tensor
+#: Several inputs: one result each, in order.
+ManyInputs = list[Any] | tuple[Any, ...] | Iterator[Any]
+
+
+@overload
+def predict(
+    model: nn.Module, inputs: ImageInput, **options: Unpack[PredictOptions]
+) -> ImagePrediction: ...
+@overload
+def predict(
+    model: nn.Module, inputs: ManyInputs, **options: Unpack[PredictOptions]
+) -> list[ImagePrediction]: ...
 def predict(
     model: nn.Module,
     inputs: object,
@@ -736,23 +769,6 @@ def predict(
         compile_model=compile_model,
     )
     return predictor.predict(inputs)
-
-
-class PredictOptions(TypedDict, total=False):
-    """The keyword options of :func:`predict`, which :func:`predict_iter` takes as well."""
-
-    faces: str
-    detector: str | os.PathLike[str] | FaceDetector
-    batch_size: int
-    device: str | torch.device | None
-    au_threshold: float
-    bgr: bool
-    progress: bool | None
-    num_workers: int | None
-    on_error: str
-    recursive: bool
-    amp: bool | None
-    compile_model: bool
 
 
 def predict_iter(

@@ -315,6 +315,10 @@ class Expression:
     def __hash__(self) -> int:
         return hash((self.label, tuple(self.probabilities.items())))
 
+    def __str__(self) -> str:
+        """The label and its probability, e.g. ``Happiness 0.94``."""
+        return f"{self.label} {self.score:.2f}"
+
     def __reduce__(self) -> tuple[Any, ...]:
         # MappingProxyType cannot be pickled: rebuild from a plain dict.
         return (type(self), (self.label, dict(self.probabilities)))

@@ -3,7 +3,7 @@
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from affectfpn.models._backbones import Backbone, load_backbone_weights
 from affectfpn.models._fpn import FeaturePyramid
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from affectfpn.inference.predictor import ImageInput, ManyInputs, PredictOptions
     from affectfpn.inference.results import ImagePrediction
 
 logger = logging.getLogger(__name__)
@@ -243,11 +246,22 @@ class AffectFPN(nn.Module):
         )
 
     # ------------------------------------------------------------------------- inference
-    def predict(self, inputs: Any, **kwargs: Any) -> "ImagePrediction | list[ImagePrediction]":
-        """Predict affect for every face in one input or a list of inputs.
+    @overload
+    def predict(
+        self, inputs: "ImageInput", **options: "Unpack[PredictOptions]"
+    ) -> "ImagePrediction": ...
+    @overload
+    def predict(
+        self, inputs: "ManyInputs", **options: "Unpack[PredictOptions]"
+    ) -> "list[ImagePrediction]": ...
+    def predict(
+        self, inputs: Any, **options: "Unpack[PredictOptions]"
+    ) -> "ImagePrediction | list[ImagePrediction]":
+        """Predict affect for every face in one input (one result) or a list of inputs (a list).
 
-        See :func:`affectfpn.inference.predict` for the inputs and options.
+        The options (``faces=``, ``detector=``, ``batch_size=``, ``au_threshold=``, ...) are those
+        of :func:`affectfpn.inference.predict`, which documents them.
         """
         from affectfpn.inference.predictor import predict
 
-        return predict(self, inputs, **kwargs)
+        return predict(self, inputs, **options)
