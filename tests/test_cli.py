@@ -644,10 +644,18 @@ def test_download_detector_into_the_cache(
     monkeypatch.delenv(detectors.YUNET_ENV, raising=False)
     monkeypatch.setattr(detectors, "YUNET_REVISION", commit)
     monkeypatch.setattr(detectors, "YUNET_SHA256", hashlib.sha256(data).hexdigest())
-    code, out, err = _run(capsys, "download", "--detector-only")
+    code, out, err = _run(capsys, "download", "--detector-only", "--hub-detector")
     assert code == EXIT_OK, err
     (line,) = out.splitlines()[1:]
     path = Path(line.split()[-1])
     assert line.startswith("detector")
     assert (tmp_path / "hf_home") in path.parents
     assert path.read_bytes() == data
+    # without --hub-detector: the embedded detector, nothing downloaded
+    local_hub.reset_requests()
+    code, out, err = _run(capsys, "download", "--detector-only")
+    assert code == EXIT_OK, err
+    (line,) = out.splitlines()[1:]
+    assert "embedded" in line
+    assert Path(line.split()[-1]) == detectors.embedded_yunet()
+    assert local_hub.request_count == 0

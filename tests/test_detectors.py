@@ -239,7 +239,7 @@ def test_offline_without_cache_names_the_repo_and_fix(
 ) -> None:
     set_hf_offline(monkeypatch, True)
     with pytest.raises(OfflineError) as info:
-        YuNetDetector()
+        get_detector("yunet-hub")  # the opt-in Hub version; the default is embedded
     message = str(info.value)
     assert YUNET_REPO_ID in message
     assert "model_path=" in message
@@ -327,15 +327,15 @@ def test_haar_scores_squash_level_weights(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_auto_falls_back_to_haar_or_explains(monkeypatch: pytest.MonkeyPatch) -> None:
-    def offline() -> Path:
-        raise OfflineError(f"cannot download from {YUNET_REPO_ID}: offline")
+    def old_opencv() -> None:
+        raise AffectFPNError("YuNet needs OpenCV >= 4.8 with cv2.FaceDetectorYN")
 
-    monkeypatch.setattr(detectors, "_local_yunet", lambda: None)
-    monkeypatch.setattr(detectors, "download_yunet", offline)
+    # auto uses the embedded YuNet; Haar only where this OpenCV cannot run YuNet
+    monkeypatch.setattr(detectors, "_require_cv2_for_yunet", old_opencv)
     if _haar_available():
         assert isinstance(get_detector("auto"), HaarDetector)
     else:
-        with pytest.raises(OfflineError, match="Haar fallback is unavailable"):
+        with pytest.raises(AffectFPNError, match=r"OpenCV >= 4\.8.*Haar fallback is unavailable"):
             get_detector("auto")
 
 
@@ -358,7 +358,7 @@ def test_custom_detector_plugs_in() -> None:
 
 @pytest.mark.parametrize("spec", ["retinaface", "", 3, None, _FixedDetector])
 def test_unknown_specs_list_the_options(spec: object) -> None:
-    with pytest.raises(ConfigError, match="'auto', 'yunet', 'haar'"):
+    with pytest.raises(ConfigError, match="'auto', 'yunet', 'yunet-hub', 'haar'"):
         get_detector(spec)
 
 
