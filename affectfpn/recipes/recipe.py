@@ -219,9 +219,15 @@ def check_stage_tables(tables: Mapping[str, Any], *, source: str) -> None:
     model = dict(tables.get("model", {}))
     fields = [f.name for f in dataclasses.fields(AffectFPNConfig) if not f.name.startswith("_")]
     _reject_unknown(model, [*fields, *MODEL_EXTRA_KEYS], f"{source} [model]")
+    config_keys = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
     if "init" not in model:
-        config_keys = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
         AffectFPNConfig.from_dict(config_keys, source=f"{source} [model]")
+    elif config_keys:
+        # The pretrained configuration is not read here; check each value as the run will
+        # (on the default configuration, so that a value's type and range are the same).
+        AffectFPNConfig.from_dict(
+            {**AffectFPNConfig().to_dict(), **config_keys}, source=f"{source} [model]"
+        )
     TrainSettings.from_dict(tables.get("train", {}), source=f"{source} [train]")
     augment = dict(tables.get("augment", {}))
     _reject_unknown(
@@ -333,7 +339,12 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
     ``init``.
     """
     from affectfpn.models.affectfpn import AffectFPN
+    from affectfpn.recipes.trainer import TrainSettings, seed_everything
 
+    # Seed first: the fresh weights (a new model, or the new heads of a fine-tuned one) are the
+    # first random numbers a run draws, so that two runs of one recipe are the same run.
+    train = recipe.table("train")
+    seed_everything(int(train.get("seed", TrainSettings.seed)))
     table = recipe.table("model")
     init = table.pop("init", None)
     backbone_weights = table.pop("backbone_weights", None)

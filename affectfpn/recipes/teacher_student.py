@@ -90,7 +90,13 @@ from affectfpn.recipes.recipe import (
     model_from_recipe,
     train_from_recipe,
 )
-from affectfpn.recipes.trainer import DONE_NAME, TrainSettings, training_finished
+from affectfpn.recipes.trainer import (
+    DONE_NAME,
+    TrainSettings,
+    remove_stale_temporaries,
+    resolve_workers,
+    training_finished,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -730,6 +736,7 @@ class TeacherStudent:
         if not _is_main():
             _barrier()
             return _read_json(done_path) or {}
+        remove_stale_temporaries(self.pseudo_dir)
         teachers = {
             task: AffectFPN.from_pretrained(self.teacher_dir(task) / "best")
             for task in self.teacher_tasks
@@ -743,7 +750,7 @@ class TeacherStudent:
         workers = (
             self.pseudo.num_workers
             if self.pseudo.num_workers is not None
-            else teacher_settings.num_workers
+            else resolve_workers(teacher_settings.num_workers)
         )
         counts: dict[str, Any] = {}
         by_size: dict[tuple[int, int], dict[str, AffectFPN]] = {}
@@ -855,7 +862,7 @@ class TeacherStudent:
             model,
             val,
             batch_size=self.pseudo.batch_size,
-            num_workers=settings.num_workers,
+            num_workers=resolve_workers(settings.num_workers),
             device=self.pseudo.device or settings.device,
         )
         split = getattr(val, "split", "")
@@ -913,7 +920,7 @@ class TeacherStudent:
         if student.get("epochs") is not None:
             parts.append(
                 f"The student trained {student['epochs']} epochs; this is its best epoch "
-                f"({int(student.get('best_epoch', -1)) + 1}) by the validation score."
+                f"({student.get('best_epoch')}) by the validation score."
             )
         scores = ", ".join(
             f"{t} {s:.4f}" for t, s in teachers.items() if isinstance(s, int | float)

@@ -103,7 +103,7 @@ class TrainSettings:
     grad_clip: float | None = None
     amp: str = "auto"
     channels_last: bool = True
-    num_workers: int = 2
+    num_workers: int | str = "auto"
     pin_memory: bool | None = None
     seed: int = 0
     deterministic: bool = False
@@ -162,8 +162,13 @@ class TrainSettings:
                 raise ConfigError(f"train.task_weights.{task} must be finite and >= 0")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError("train.grad_clip must be positive (or left out)")
-        if int(self.num_workers) < 0:
-            raise ConfigError("train.num_workers must be 0 or more")
+        if self.num_workers != "auto" and (
+            isinstance(self.num_workers, bool | str) or int(self.num_workers) < 0
+        ):
+            raise ConfigError(
+                f"train.num_workers must be 'auto' (the machine's cores, at most 8) or a number "
+                f">= 0, got {self.num_workers!r}"
+            )
         if self.max_steps_per_epoch is not None and int(self.max_steps_per_epoch) < 1:
             raise ConfigError("train.max_steps_per_epoch must be at least 1 (or left out)")
         if self.select_metric != "score" and "/" not in self.select_metric:
@@ -390,8 +395,13 @@ class Trainer:
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
+        check_labels(train_set, model.config.tasks, split="train", required=True)
+        check_labels(val_set, model.config.tasks, split="val", required=False)
         self.train_set = train_set
         self.val_set = val_set
+        #: DataLoader worker processes: ``num_workers``, where "auto" is the cores this process
+        #: may use (at most 8), as many as PyTorch suggests.
+        self.loader_workers = resolve_workers(s.num_workers)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
@@ -457,7 +467,7 @@ class Trainer:
             dataset,
             batch_size=s.batch_size,
             sampler=sampler,
-            num_workers=s.num_workers,
+            num_workers=self.loader_workers,
             pin_memory=pin,
             drop_last=False,
             persistent_workers=False,
@@ -523,10 +533,7 @@ class Trainer:
         """Delete temporary files that a killed process left in the output folder."""
         if not self.dist.is_main or not self.output_dir.is_dir():
             return
-        for pattern in (f".{CHECKPOINT_NAME}.*.tmp", ".partial.*.tmp"):
-            for stale in self.output_dir.glob(pattern):
-                logger.info("removing %s, left by an interrupted run", stale)
-                stale.unlink(missing_ok=True)
+        remove_stale_temporaries(self.output_dir)
 
     def load_checkpoint(self, path: str | Path | None = None) -> bool:
         """Resume from ``last.pt`` if it exists; returns whether it did."""
@@ -614,8 +621,9 @@ class Trainer:
                 trained in slices ends exactly where an uninterrupted run ends.
 
         Returns:
-            A summary: ``best_epoch`` (0-based), ``best_score``, ``history`` (one record per
-            epoch), ``output_dir`` and ``finished`` (whether every epoch is done).
+            A summary: ``best_epoch`` (1-based, as the ``epoch`` of the log records; ``None``
+            before any epoch was selected), ``best_score``, ``history`` (one record per epoch),
+            ``output_dir`` and ``finished`` (whether every epoch is done).
         """
         s = self.settings
         self._remove_stale_temporaries()
@@ -649,7 +657,7 @@ class Trainer:
         if self.dist.world_size > 1:
             dist.barrier()
         return {
-            "best_epoch": self.best_epoch,
+            "best_epoch": self._best_epoch_number(),
             "best_score": self.best_score,
             "history": self.history,
             "output_dir": str(self.output_dir),
@@ -674,10 +682,12 @@ class Trainer:
             desc=f"epoch {epoch + 1}/{s.epochs}",
             enabled=s.progress and self.dist.is_main,
         )
-        for step, batch in enumerate(bar):
+        labelled = 0
+        for step, batch in enumerate(_worker_errors(bar)):
             if step >= self.steps_per_epoch:
                 break
             batch = self._to_device(batch, train=True)
+            labelled += _count_labels(batch, self.model.config.tasks)
             with self._autocast():
                 output = self.ddp_model(batch["image"])
             loss, parts = multitask_loss(
@@ -704,6 +714,13 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             if hasattr(bar, "set_postfix") and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+        if count and not labelled:
+            raise ConfigError(
+                f"epoch {epoch + 1} saw {count} training samples and not one label for the "
+                f"model's tasks {list(self.model.config.tasks)}: check the training data's label "
+                "columns or folders (expected: expression class folders, or CSV columns "
+                "'expression', 'valence'/'arousal', 'AU1'..'AU26')"
+            )
         elapsed = time.perf_counter() - start
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -725,7 +742,8 @@ class Trainer:
         indices = list(range(self.dist.rank, size, self.dist.world_size))
         loader = self._loader(dataset, _ListSampler(indices), seed=0)
         meter = MultiTaskMeter(self.model.config.tasks, au_from_logits=True)
-        for batch in _progress(loader, total=len(loader), desc="validation", enabled=False):
+        batches = _progress(loader, total=len(loader), desc="validation", enabled=False)
+        for batch in _worker_errors(batches):
             batch = self._to_device(batch)
             with self._autocast():
                 output = self.model(batch["image"])
@@ -781,17 +799,21 @@ class Trainer:
         _atomic_text(self.output_dir / "metrics.csv", buffer.getvalue())
 
     def _log_epoch(self, record: Mapping[str, Any]) -> None:
+        """One readable line per epoch; ``metrics.jsonl`` / ``metrics.csv`` keep every value."""
         if not self.dist.is_main:
             return
-        summary = {k: v for k, v in _flatten(record).items() if not isinstance(v, list)}
-        logger.info("epoch %s: %s", record["epoch"], summary)
+        logger.info("%s", format_epoch(record, self.settings.epochs, self.settings.select_metric))
+
+    def _best_epoch_number(self) -> int | None:
+        """The selected epoch, counted from 1 as in the logs; ``None`` when none was."""
+        return self.best_epoch + 1 if self.best_epoch >= 0 else None
 
     def _write_done(self) -> None:
         if not self.dist.is_main:
             return
         done: dict[str, Any] = {
             "epochs": self.epoch,
-            "best_epoch": self.best_epoch,
+            "best_epoch": self._best_epoch_number(),
             "best_score": self.best_score if math.isfinite(self.best_score) else None,
         }
         path = self.output_dir / DONE_NAME
@@ -856,6 +878,143 @@ def select_score(metrics: Mapping[str, Mapping[str, Any]], name: str) -> float:
         raise ConfigError(
             f"train.select_metric {name!r} is not among the validation metrics"
         ) from None
+
+
+def resolve_workers(num_workers: int | str) -> int:
+    """DataLoader worker processes for a ``num_workers`` setting: "auto" is the cores this
+    process may use, at most 8 (what PyTorch suggests as the maximum); a number is itself."""
+    if num_workers != "auto":
+        return int(num_workers)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(8, cores)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporary files and folders that killed processes left under ``folder``.
+
+    Every atomic write in the recipes goes through a hidden temporary beside its target
+    (``.<name>.<pid>.tmp``, ``.<name>.<random>.tmp`` or ``.<stem>.<pid>.tmp.<suffix>``) renamed
+    over the target when complete, so any hidden ``*.tmp`` / ``*.tmp.*`` entry is a leftover.
+    """
+    import shutil
+
+    if not folder.is_dir():
+        return
+    for pattern in (".*.tmp", ".*.tmp.*"):
+        for stale in sorted(folder.rglob(pattern)):
+            logger.info("removing %s, left by an interrupted run", stale)
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _worker_errors(batches: Any) -> Iterator[Any]:
+    """Iterate ``batches``, re-raising a package error from a DataLoader worker with its own
+    message instead of the worker's whole traceback that PyTorch puts in front of it."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except AffectFPNError as err:
+            text = str(err)
+            if "Original Traceback" not in text:
+                raise
+            last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+            _, sep, message = last.partition(f"{type(err).__name__}: ")
+            raise type(err)(message if sep else last) from None
+        yield batch
+
+
+def _count_labels(batch: Mapping[str, Any], tasks: Sequence[str]) -> int:
+    """Number of labels for ``tasks`` in a collated batch (by the ``<task>_mask`` entries)."""
+    total = 0
+    for task in tasks:
+        mask = batch.get(f"{task}_mask")
+        if isinstance(mask, torch.Tensor):
+            total += int(mask.reshape(mask.shape[0], -1).any(dim=1).sum())
+    return total
+
+
+def check_labels(
+    dataset: Dataset[Any] | None, tasks: Sequence[str], *, split: str, required: bool
+) -> None:
+    """Refuse a split without labels for any of ``tasks``; warn about a task without labels.
+
+    Only datasets that count their labels (``counts()``, as every dataset of
+    :mod:`affectfpn.recipes` does) are checked here; the training loop checks the others.
+
+    Raises:
+        ConfigError: ``dataset`` is empty, or (``required``) holds no label for any task.
+    """
+    if dataset is None:
+        return
+    name = getattr(dataset, "name", type(dataset).__name__)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        what = (
+            "remove it to select the last epoch"
+            if split == "val"
+            else "check its path and contents"
+        )
+        raise ConfigError(f"the {split} split ({name}) holds no sample: {what}")
+    counts_fn = getattr(dataset, "counts", None)
+    if not callable(counts_fn):
+        return
+    counts = counts_fn()
+    present = {task: int(counts.get(task, 0)) for task in tasks}
+    if required and not any(present.values()):
+        summary = getattr(dataset, "labels_summary", lambda: "")()
+        raise ConfigError(
+            f"the {split} split ({name}, {counts.get('samples', len(dataset))} samples) holds "  # type: ignore[arg-type]
+            f"no label for the model's tasks {list(tasks)}: check the label columns or folders "
+            "(expected: expression class folders, or CSV columns 'expression', 'valence' and "
+            "'arousal', 'AU1'..'AU26', spelt so)"
+            + (f"; what was read: {' '.join(summary.split())}" if summary else "")
+        )
+    for task, n in present.items():
+        if n == 0:
+            logger.warning(
+                "the %s split (%s) has no %s label: %s",
+                split,
+                name,
+                task,
+                "the model learns nothing for it"
+                if split == "train"
+                else "its validation metrics are not computed",
+            )
+
+
+def format_epoch(record: Mapping[str, Any], epochs: int, select_metric: str) -> str:
+    """One readable line for an epoch's record, e.g. ``epoch 3/26  loss 1.2034  lr 0.0421 ...``."""
+
+    def num(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e-3 and value else f"{value:.4f}"
+        return str(value)
+
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    for key in sorted(k for k in record if k.startswith("train_") and k != "train_samples"):
+        if key != "train_seconds":
+            parts.append(f"{key.removeprefix('train_')} {num(record[key])}")
+    parts.append(f"lr {num(record.get('lr'))}")
+    val = record.get("val")
+    if isinstance(val, Mapping):
+        for task, values in val.items():
+            if isinstance(values, Mapping):
+                main = {k: v for k, v in values.items() if isinstance(v, int | float)}
+                shown = [k for k in ("score", "accuracy", "f1", "ccc") if k in main]
+                parts += [f"val {task}/{k} {num(main[k])}" for k in shown]
+    if "val_score" in record:
+        parts.append(f"[{select_metric} {num(record['val_score'])}]")
+    seconds = record.get("train_seconds")
+    if seconds is not None:
+        parts.append(f"{num(float(seconds))} s, {record.get('images_per_second')} img/s")
+    return "  ".join(parts)
 
 
 def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
