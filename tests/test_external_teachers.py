@@ -351,6 +351,9 @@ def test_label_csv_and_dataset_tables(tmp_path: Path) -> None:
     assert not lab.expression_mask.any()  # tasks=("au",) by default
     both = et.label_csv_table(tmp_path / "labels.csv", tasks=("au", "expression"))
     assert both.labels.expression_mask.tolist() == [True, False]
+    assert not et.label_csv_table(
+        tmp_path / "labels.csv", tasks=("expression",)
+    ).labels.au_mask.any()
     with pytest.raises(ConfigError, match="unknown task"):
         et.label_csv_table(tmp_path / "labels.csv", tasks=("aus",))
 
