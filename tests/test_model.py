@@ -4,7 +4,6 @@ import dataclasses
 import itertools
 import math
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -355,11 +354,10 @@ def test_imagenet_weights_offline_fail_fast_with_the_fix(
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(torch.hub, "_hub_dir", torch.hub._hub_dir)  # restored afterwards
     torch.hub.set_dir(str(tmp_path / "torch_hub"))
-    start = time.monotonic()
     with pytest.raises(OfflineError) as info:
         AffectFPN(_tiny("resnet18"), backbone_weights="imagenet")
-    assert time.monotonic() - start < 10
-    assert calls, "the network was never tried"
+    # Fail fast: the network was tried exactly once, no retry loop.
+    assert len(calls) == 1, f"{len(calls)} connection attempts"
     message = str(info.value)
     assert "resnet18" in message
     assert "backbone_weights" in message  # the fix: a local file, or no ImageNet start
@@ -468,7 +466,9 @@ def test_resnet34_weights_are_not_taken_for_resnet18(tmp_path: Path) -> None:
     state = torchvision.models.resnet34(weights=None).state_dict()
     path = tmp_path / "resnet34.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    with pytest.raises(WeightsError):
+    with pytest.raises(
+        WeightsError, match=r"80 tensors that torchvision's resnet18 lacks.*layer1\.2\."
+    ):
         AffectFPN(_tiny("resnet18"), backbone_weights=path)
 
 
@@ -486,7 +486,9 @@ def test_damaged_backbone_safetensors_is_a_weights_error(tmp_path: Path) -> None
     path = tmp_path / "mobilenet_v2.safetensors"
     save_file(state, str(path))
     path.write_bytes(path.read_bytes()[: math.floor(path.stat().st_size / 2)])
-    with pytest.raises(WeightsError):
+    with pytest.raises(
+        WeightsError, match=r"mobilenet_v2\.safetensors: not a readable safetensors"
+    ):
         AffectFPN(_tiny("mobilenet_v2"), backbone_weights=path)
 
 
