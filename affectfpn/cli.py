@@ -51,6 +51,8 @@ import json
 import logging
 import os
 import platform
+import re
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -499,6 +501,8 @@ class _LevelFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            message = _cli_words(message)
         if record.exc_info and self.with_names:
             message += "\n" + self.formatException(record.exc_info)
         where = f"[{record.name}] " if self.with_names else ""
@@ -590,8 +594,14 @@ def _quiet_opencv(verbose: int) -> None:
 
 def _check_inputs(inputs: Sequence[str]) -> None:
     """Fail early (before loading a model) on paths that do not exist or globs with no match."""
+    from affectfpn.inference._io import _looks_like_video, is_video_path
+
     for text in inputs:
         path = Path(text).expanduser()
+        if path.is_file() and (is_video_path(path) or _looks_like_video(_head(path))):
+            raise InputError(
+                f"{text}: a video file, not an image; use 'affectfpn video {shlex.quote(text)}'"
+            )
         if path.exists():
             continue
         if any(ch in text for ch in _GLOB_CHARS):
@@ -599,6 +609,15 @@ def _check_inputs(inputs: Sequence[str]) -> None:
                 raise InputError(f"{text}: the pattern matches no file")
             continue
         raise InputError(f"{text}: no such file or directory")
+
+
+def _head(path: Path, size: int = 64) -> bytes:
+    """The first bytes of a file (empty when it cannot be read: reading it reports why)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""
 
 
 def _output_format(choice: str | None, output: str | None) -> str:
@@ -766,13 +785,31 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
     if args.every_n != 1 and args.target_fps is not None:
         raise _UsageError("give --every-n or --target-fps, not both", "video")
-    if "://" not in args.video and not Path(args.video).expanduser().is_file():
-        raise InputError(f"{args.video}: no such video file")
+    if "://" not in args.video:
+        from affectfpn.inference._io import is_still_image_file
+
+        if not Path(args.video).expanduser().is_file():
+            raise InputError(f"{args.video}: no such video file")
+        if is_still_image_file(args.video):
+            raise InputError(
+                f"{args.video}: an image file, not a video; use "
+                f"'affectfpn predict {shlex.quote(args.video)}'"
+            )
     if args.plot:
         from affectfpn.errors import require_extra
 
         require_extra("matplotlib", "plot")  # before the (slow) model load
     model = _load_model(args)
+    plot = args.plot
+    if plot and "va" not in model.config.tasks:
+        why = (
+            f"--plot {plot}: the model predicts no valence/arousal (its tasks: "
+            f"{', '.join(model.config.tasks)})"
+        )
+        if not (args.csv or args.abaw2 or args.annotate):
+            raise InputError(f"{why}; use a model with the va task, or ask for --csv")
+        logger.warning("%s; the plot is not written", why)
+        plot = None
     _quiet_opencv(args.verbose)
     predictor = Predictor(
         model,
@@ -791,7 +828,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
         "progress": False if args.quiet else None,
     }
     video = str(Path(args.video).expanduser()) if "://" not in args.video else args.video
-    if not (args.csv or args.abaw2 or args.annotate or args.plot):
+    if not (args.csv or args.abaw2 or args.annotate or plot):
         with predict_video(predictor, video, **selection) as stream:
             first = next(stream, None)  # a video that cannot be decoded fails before any output
             frames = itertools.chain([] if first is None else [first], stream)
@@ -809,20 +846,34 @@ def _cmd_video(args: argparse.Namespace) -> int:
         csv_path=args.csv,
         abaw_dir=args.abaw2,
         annotated_path=args.annotate,
-        plot_path=args.plot,
         **selection,
     )
+    # Only what was written is listed: the plot is drawn here, so that its absence is known.
     written = [
         f"{what} {where}"
         for what, where in (
             ("CSV", args.csv),
             ("ABAW2 files in", args.abaw2),
             ("annotated video", args.annotate),
-            ("plot", args.plot),
         )
         if where
     ]
-    _note(args, f"{len(result)} frame(s) of {args.video}: " + ", ".join(written))
+    if plot:
+        import numpy as np
+
+        from affectfpn.video import plot_va
+
+        if np.isnan(result.va).all():
+            logger.warning(
+                "%s: no face with valence/arousal was found; --plot %s not written",
+                args.video,
+                plot,
+            )
+        else:
+            plot_va(result, plot)
+            written.append(f"plot {plot}")
+    done = ", ".join(written) if written else "no file written"
+    _note(args, f"{len(result)} frame(s) of {args.video}: {done}")
     return EXIT_OK
 
 
@@ -1052,6 +1103,91 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ main
+#: Library messages name keyword arguments (``recursive=True``, ``detector='yunet'``): right for
+#: Python users, wrong on the command line. These rewrites, applied to the errors and warnings
+#: the CLI prints, name its flags instead (the library's messages are unchanged).
+_CLI_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"\brecursive=True\b", "-r (--recursive)"),
+        (r"\bon_error=(['\"])skip\1", "--skip-errors"),
+        (
+            r"if you trust the file, pass a larger max_pixels= or downscale it first",
+            "if you trust the file, downscale it first",
+        ),
+        (
+            r"pass detector=(['\"])(?P<file>[^'\"]*)\1 to predict \(--detector FILE on the "
+            r"command line, YuNetDetector\(model_path=\.\.\.\) in code\)",
+            r"pass --detector \g<file>",
+        ),
+        (r"\bmodel_path=None for the embedded one", "--detector yunet for the embedded one"),
+        (
+            r"pass cascade_path= to a copy of it, or use the YuNet detector",
+            "use the YuNet detector (--detector yunet)",
+        ),
+        (
+            r"; pass cascade_path= to an OpenCV cascade XML such as \S+",
+            "; use the YuNet detector (--detector yunet)",
+        ),
+        (r"\(a private repo needs token=\)", "(a private repo needs a token: set HF_TOKEN)"),
+        (r"\band pass token=", "and set HF_TOKEN"),
+        (
+            r", (a path to a YuNet \.onnx file), or an object with a detect\(rgb\) -> "
+            r"list\[Detection\] method",
+            r", or \1",
+        ),
+        (
+            r"read it with affectfpn\.video\.predict_video\(\) or analyze_video\(\) "
+            r"\('affectfpn video' on the command line\)",
+            "use 'affectfpn video' for it",
+        ),
+    )
+)
+#: Keyword arguments and the flags that set them.
+_CLI_FLAGS = {
+    "faces": "--faces",
+    "detector": "--detector",
+    "batch_size": "--batch-size",
+    "au_threshold": "--au-threshold",
+    "device": "--device",
+    "revision": "--revision",
+    "every_n": "--every-n",
+    "target_fps": "--target-fps",
+    "start": "--start",
+    "end": "--end",
+    "smoothing": "--smoothing",
+    "exclude": "--exclude",
+    "num_workers": "--num-workers",
+    "opset": "--opset",
+}
+_NAMES = "|".join(sorted(_CLI_FLAGS, key=len, reverse=True))
+# name=value, not inside a path or a frame name ("clip.mp4#frame=3", "/data/end=1/x.png");
+# the value is a quoted string, a number, True, False or None.
+_KEYWORD_VALUE = re.compile(
+    rf"(?<![\w.#/=-])(?P<name>{_NAMES})="
+    r"(?:'(?P<single>[^']*)'|\"(?P<double>[^\"]*)\"|(?P<plain>-?\d+(?:\.\d+)?|True|False|None))"
+    r"(?=[\s,;:)]|$)"
+)
+# A bare keyword name in "batch_size must be ...": only names with an underscore, which
+# English does not use.
+_KEYWORD_NAME = re.compile(
+    rf"(?<![\w.#/=-])(?P<name>{'|'.join(n for n in _CLI_FLAGS if '_' in n)})(?=[\s,;:)]|$)"
+)
+
+
+def _cli_words(message: str) -> str:
+    """``message`` with keyword arguments replaced by the command line's flags."""
+    for pattern, replacement in _CLI_PHRASES:
+        message = pattern.sub(replacement, message)
+
+    def flag_value(match: re.Match[str]) -> str:
+        value = next(v for v in match.group("single", "double", "plain") if v is not None)
+        return f"{_CLI_FLAGS[match.group('name')]} {value}"
+
+    message = _KEYWORD_VALUE.sub(flag_value, message)
+    return _KEYWORD_NAME.sub(lambda m: _CLI_FLAGS[m.group("name")], message)
+
+
 def _error(message: str) -> None:
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
 
@@ -1095,7 +1231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AffectFPNError as err:
         if args.verbose >= 2:
             traceback.print_exc()
-        _error(str(err))
+        _error(_cli_words(str(err)))
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader of stdout went away (e.g. `| head`): stop quietly.

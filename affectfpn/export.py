@@ -48,7 +48,7 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -160,6 +160,25 @@ def _pick_exporter(exporter: str) -> str:
     return exporter
 
 
+def _new_temp_file(out: Path) -> Path:
+    """Create an empty, unique temporary file next to ``out`` with the usual permissions.
+
+    Unlike ``tempfile.mkstemp`` (always ``0600``), the mode is ``0666`` less the umask, as for
+    any file the user writes, so the ONNX file that replaces ``out`` is readable like the other
+    outputs. ``O_EXCL`` keeps the name unique.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{out.parent}: cannot create a unique temporary file for {out.name}")
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -219,9 +238,7 @@ def export_onnx(
     )
 
     was_training = model.training
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(out)
     try:
         model.eval()
         with warnings.catch_warnings(), torch.no_grad():

@@ -23,6 +23,7 @@ Colour rules, applied the same way to every kind of input:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import itertools
@@ -30,10 +31,12 @@ import logging
 import os
 import struct
 import sys
+import threading
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,9 +46,12 @@ from affectfpn.errors import InputError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "VIDEO_EXTENSIONS",
     "LoadedImage",
     "array_to_rgb",
     "is_image_path",
+    "is_still_image_file",
+    "is_video_path",
     "iter_sources",
     "list_images",
     "load_image",
@@ -57,6 +63,15 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 )
+
+#: File extensions (lower case) of common video files: an explicit input with one of them is
+#: refused with a hint to the video functions instead of a "not an image" error.
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+        ".3gp", ".3g2", ".ts", ".mts", ".m2ts", ".ogv", ".vob", ".mxf",
+    }
+)  # fmt: skip
 
 #: Largest image (width x height, as declared in the file header) that :func:`load_image`
 #: decodes; larger ones are refused before any pixel is decoded. Equal to Pillow's default
@@ -135,6 +150,56 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     Only the name is looked at; the file need not exist.
     """
     return Path(os.fspath(path)).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video_path(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` has a common video file extension (``VIDEO_EXTENSIONS``).
+
+    Only the name is looked at; the file need not exist.
+    """
+    return Path(os.fspath(path)).suffix.lower() in VIDEO_EXTENSIONS
+
+
+# ISO base media (MP4, MOV, 3GP) brands of video files; HEIF and AVIF images share the container
+# and are told apart by their brand.
+_VIDEO_BRANDS = frozenset(
+    {
+        b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1", b"qt  ",
+        b"M4V ", b"M4VP", b"mmp4", b"dash", b"3gp4", b"3gp5", b"3gp6", b"3g2a", b"MSNV",
+        b"f4v ", b"XAVC",
+    }
+)  # fmt: skip
+
+
+def _looks_like_video(data: bytes) -> bool:
+    """Whether the first bytes of a file are those of a common video container."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":  # MP4, MOV, 3GP
+        return data[8:12] in _VIDEO_BRANDS
+    if data[4:8] in (b"moov", b"mdat", b"wide"):  # old QuickTime files
+        return True
+    if data.startswith(b"RIFF") and data[8:12] == b"AVI ":
+        return True
+    if data.startswith(b"\x1a\x45\xdf\xa3"):  # Matroska, WebM
+        return True
+    if data.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):  # MPEG program/video
+        return True
+    if data.startswith(b"FLV\x01"):
+        return True
+    return data.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11")  # ASF (WMV)
+
+
+def is_still_image_file(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` is an existing image file of one frame (not a video).
+
+    The content decides, not the name: a file that Pillow opens as a JPEG, PNG, BMP, WebP, TIFF
+    or GIF image with a single frame. Animated GIF, WebP or PNG files and anything Pillow cannot
+    open are not still images. Only the header is read.
+    """
+    try:
+        with Image.open(os.path.expanduser(os.fspath(path)), formats=_COMMON_FORMATS) as image:
+            return int(getattr(image, "n_frames", 1)) <= 1
+    except Exception:  # any reason Pillow cannot open it: not a still image it knows
+        return False
 
 
 def _is_hidden(parts: Iterable[str]) -> bool:
@@ -327,7 +392,8 @@ def load_image(
             raise _fail(source, "the byte string is empty; pass the encoded file's content")
         rgb = _decode_bytes(data, source, limit)
     elif isinstance(src, Image.Image):
-        rgb = _pil_image_to_rgb(src, source, limit)
+        with _pillow_bomb_warning_ignored():
+            rgb = _pil_image_to_rgb(src, source, limit)
     elif isinstance(src, np.ndarray):
         rgb = array_to_rgb(src, bgr=bgr, source=source)
     elif _is_tensor(src):
@@ -466,14 +532,63 @@ def _decode_plain_jpeg(data: bytes, source: str, limit: int | None) -> np.ndarra
     return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
 
+# Pillow's own size check warns (DecompressionBombWarning) for images between its limit and twice
+# it. This module checks every declared size itself (_check_pixels, against ``max_pixels``) and
+# raises a clean InputError, so Pillow's warning would only be printed next to that error (or
+# stand in for a limit the caller raised). It is ignored while this module opens and decodes a
+# file: one shared filter, installed by the first decoder and removed (by identity, not by
+# restoring a saved list, so other threads' filters survive) when the last one is done.
+# warnings.catch_warnings() cannot be used: decoding runs in several threads (Predictor's
+# loaders), and overlapping catch_warnings() blocks restore each other's saved lists, which can
+# leave a filter in place for good.
+_BOMB_FILTER: tuple[Any, ...] = ("ignore", None, Image.DecompressionBombWarning, None, 0)
+_bomb_filter_lock = threading.Lock()
+_bomb_filter_users = 0
+
+
+def _warning_filters_changed() -> None:
+    # Tells the warnings module that its filter list changed (what filterwarnings() does), so
+    # that per-module "already warned" registries are rebuilt; absent in some Python versions.
+    changed = getattr(warnings, "_filters_mutated", None)
+    if callable(changed):
+        changed()
+
+
+@contextlib.contextmanager
+def _pillow_bomb_warning_ignored() -> Iterator[None]:
+    global _bomb_filter_users
+    filters = cast(list[Any], warnings.filters)
+    with _bomb_filter_lock:
+        if _bomb_filter_users == 0:
+            filters.insert(0, _BOMB_FILTER)
+            _warning_filters_changed()
+        _bomb_filter_users += 1
+    try:
+        yield
+    finally:
+        with _bomb_filter_lock:
+            _bomb_filter_users -= 1
+            if _bomb_filter_users == 0:
+                for i, entry in enumerate(filters):
+                    if entry is _BOMB_FILTER:
+                        del filters[i]
+                        break
+                _warning_filters_changed()
+
+
 def _decode_bytes(data: bytes, source: str, limit: int | None) -> np.ndarray:
     rgb = _decode_plain_jpeg(data, source, limit)
     if rgb is not None:
         return rgb
+    with _pillow_bomb_warning_ignored():
+        return _open_and_decode(data, source, limit)
+
+
+def _open_and_decode(data: bytes, source: str, limit: int | None) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data), formats=_open_formats())
-    # The warning is raised as an exception when warnings are errors (python -W error, pytest
-    # filterwarnings = error): Pillow then stops at the header, as for its own error.
+    # The warning is ignored here (see _pillow_bomb_warning_ignored); caught anyway, in case a
+    # filter that turns it into an error comes first: Pillow then stops at the header.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _fail(
             source,
@@ -481,6 +596,12 @@ def _decode_bytes(data: bytes, source: str, limit: int | None) -> np.ndarray:
             "file, downscale it first",
         ) from exc
     except UnidentifiedImageError as exc:
+        if is_video_path(source) or _looks_like_video(data[:64]):
+            raise _fail(
+                source,
+                "a video file, not an image; read it with affectfpn.video.predict_video() or "
+                "analyze_video() ('affectfpn video' on the command line)",
+            ) from None
         raise _fail(
             source,
             "not an image file Pillow can read (unknown or unsupported format); check that it "
