@@ -1,0 +1,292 @@
+"""The models the registry ships, judged on real data: what users get from ``from_pretrained()``.
+
+Every test is parametrised over ``list_models()``, so a model added to the registry (a folder
+under ``affectfpn/weights`` written by ``python -m affectfpn.recipes.publish``) is covered by the
+next run of this file, which is part of the default suite (``-m "not slow"``, CI) and should be
+run whenever a model is published:
+
+- its accuracy on a fixed, class-stratified subset of FER2013 ``test`` (every 5th face of each
+  class folder: 721 of 3,589) through the user's path (``predict(..., faces="crop")``), within
+  a stated tolerance of the figure on its model card (``model_info.json``);
+- its probabilities equal an independent computation (the face read with Pillow, normalised by
+  hand, one forward pass), so that a regression in preprocessing fails even where accuracy would
+  move only a little;
+- the labelled sample photos (``../shared/data/samples``): the expressions a person would agree
+  with, as far as each model gets them right today (see ``KNOWN_MISSES``);
+- ONNX export parity, in particular with ``test_time_flip=True`` (the default model's setting).
+
+Tests that need ``../shared`` skip without it (tests/conftest.py). Hub models (``source="hub"``)
+need the network and are skipped here.
+"""
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo, list_models
+from affectfpn.export import OUTPUT_NAMES, OnnxRunner, export_onnx
+from affectfpn.labels import EXPRESSIONS
+
+#: FER2013's class folders.
+FER_CLASSES = {
+    "angry": "Anger",
+    "disgust": "Disgust",
+    "fear": "Fear",
+    "happy": "Happiness",
+    "neutral": "Neutral",
+    "sad": "Sadness",
+    "surprise": "Surprise",
+}
+#: Every STEP-th file (sorted by name) of each class folder: a fixed, stratified subset.
+STEP = 5
+FER_TEST_SIZE = 3589
+#: Allowed distance between the subset's accuracy and the card's full-test figure. The subset is
+#: a sample of n = 721 of the N = 3,589 test faces: its accuracy has a standard error of
+#: sqrt(p (1 - p) / n * (N - n) / (N - 1)) = 0.0158 at p = 0.658 (the default model's card), so
+#: 3 standard errors are 0.047. Measured: 0.6838 on the subset against 0.6581 on the card.
+ACCURACY_TOLERANCE = 0.05
+
+#: The sample photos whose file names carry their expression (``su`` surprise, ``hao`` happy
+#: with an open mouth, ``anc`` anger with a closed mouth, ``di`` disgust).
+PHOTOS = {
+    "0-f1-su-ph.jpg": "Surprise",
+    "0-f15-hao-ph.jpg": "Happiness",
+    "15-f13-anc-ph.jpg": "Anger",
+    "45-m7-di-ph.jpg": "Disgust",
+}
+#: What a shipped model gets wrong today, and what it says instead (measured with the shared
+#: YuNet detector). A miss must still be a negative expression; a model that gets one of these
+#: right fails the test until the entry is removed (so the table stays true). A new model has no
+#: entry: it must get every photo right, or its misses are recorded here when it is published.
+KNOWN_MISSES: dict[str, dict[str, str]] = {
+    # Anger is its third choice (0.10) and Disgust not in its top three: FER2013 has few
+    # disgust faces (436 of 28,709) and its anger faces mostly show open mouths.
+    "fer2013-resnet18-fpn": {"15-f13-anc-ph.jpg": "Sadness", "45-m7-di-ph.jpg": "Sadness"},
+}
+NEGATIVE = {"Anger", "Disgust", "Fear", "Sadness"}
+
+
+def _param(info: ModelInfo, *, needs: str | None = None) -> object:
+    marks = []
+    if info.source != "package":
+        marks.append(pytest.mark.skip(reason=f"{info.name} is a Hub model: needs the network"))
+    elif needs == "expression" and "expression" not in info.tasks:
+        marks.append(pytest.mark.skip(reason=f"{info.name} does not predict expressions"))
+    elif needs == "fer2013-test" and needs not in info.metrics:
+        marks.append(
+            pytest.mark.skip(
+                reason=f"{info.name}'s card has no fer2013-test figure: {sorted(info.metrics)}"
+            )
+        )
+    return pytest.param(info.name, id=info.name, marks=marks)
+
+
+MODELS = list_models()
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, AffectFPN]:
+    """Shipped models by name, loaded once (in eval mode, as ``from_pretrained`` returns them)."""
+    return {}
+
+
+def _model(loaded: dict[str, AffectFPN], name: str) -> AffectFPN:
+    if name not in loaded:
+        loaded[name] = AffectFPN.from_pretrained(name)
+    return loaded[name]
+
+
+def _info(name: str) -> ModelInfo:
+    return next(m for m in MODELS if m.name == name)
+
+
+def fer_subset(root: Path) -> list[tuple[Path, str]]:
+    """(image, expression) for every STEP-th file of each class folder of FER2013 ``test``."""
+    subset = []
+    for folder, expression in sorted(FER_CLASSES.items()):
+        names = sorted(os.listdir(root / folder))
+        subset += [(root / folder / name, expression) for name in names[::STEP]]
+    return subset
+
+
+@pytest.fixture(scope="module")
+def fer_test(shared_dir: Path) -> list[tuple[Path, str]]:
+    root = shared_dir / "data" / "fer2013" / "test"
+    if not root.is_dir():
+        pytest.skip(f"FER2013 test split not found at {root}")
+    subset = fer_subset(root)
+    # the split is the one the cards were measured on, and the subset keeps its class balance
+    total = sum(len(os.listdir(root / folder)) for folder in FER_CLASSES)
+    assert total == FER_TEST_SIZE
+    assert len(subset) == 721
+    return subset
+
+
+def _by_hand(model: AffectFPN, rgb: np.ndarray) -> np.ndarray:
+    """Expression probabilities computed without the library's preprocessing: one face at the
+    model's input size, scaled to [0, 1], normalised with the config's mean and std, and with
+    ``test_time_flip`` the mean of the logits of two single passes (the face and its mirror)."""
+    config = model.config
+    assert rgb.shape == (*config.input_size, 3)
+    x = torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(config.mean).view(3, 1, 1)
+    std = torch.tensor(config.std).view(3, 1, 1)
+    x = ((x - mean) / std).unsqueeze(0)
+    single = AffectFPN(dataclasses.replace(config, test_time_flip=False))
+    single.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        logits = single.eval()(x).expression
+        assert logits is not None
+        if config.test_time_flip:
+            mirrored = single(x.flip(3)).expression
+            assert mirrored is not None
+            logits = (logits + mirrored) / 2
+    return torch.softmax(logits[0].double(), dim=0).numpy()
+
+
+def _probabilities(prediction: object) -> np.ndarray:
+    (face,) = prediction.faces  # type: ignore[attr-defined]
+    return np.array([face.expression.probabilities[name] for name in EXPRESSIONS])
+
+
+# --------------------------------------------------------------------------- FER2013 accuracy
+@pytest.mark.shared
+@pytest.mark.parametrize("name", [_param(m, needs="fer2013-test") for m in MODELS])
+def test_accuracy_on_a_stratified_fer2013_test_subset_matches_the_card(
+    loaded: dict[str, AffectFPN], fer_test: list[tuple[Path, str]], name: str
+) -> None:
+    model = _model(loaded, name)
+    card = _info(name).metrics["fer2013-test"]["accuracy"]
+    predictions = model.predict([path for path, _ in fer_test], faces="crop", batch_size=64)
+    assert isinstance(predictions, list)
+    assert len(predictions) == len(fer_test)
+    predicted = [p.faces[0].expression.label for p in predictions]  # type: ignore[union-attr]
+    truth = [expression for _, expression in fer_test]
+    accuracy = float(np.mean([a == b for a, b in zip(predicted, truth, strict=True)]))
+    n = len(fer_test)
+    sigma = math.sqrt(card * (1 - card) / n * (FER_TEST_SIZE - n) / (FER_TEST_SIZE - 1))
+    assert 3 * sigma <= ACCURACY_TOLERANCE + 0.005, "the tolerance is about 3 standard errors"
+    assert abs(accuracy - card) <= ACCURACY_TOLERANCE, (
+        f"{name}: {accuracy:.4f} on {n} FER2013 test faces, card says {card:.4f}"
+    )
+    # and no class is given up: every class is predicted for some of its faces
+    for expression in set(truth) - {"Disgust"}:  # 11 disgust faces in the subset
+        hits = sum(a == b == expression for a, b in zip(predicted, truth, strict=True))
+        assert hits > 0, f"{name} never predicts {expression} correctly"
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", [_param(m, needs="expression") for m in MODELS])
+def test_probabilities_equal_a_forward_pass_by_hand(
+    loaded: dict[str, AffectFPN],
+    fer_test: list[tuple[Path, str]],
+    samples_dir: Path,
+    tmp_path: Path,
+    name: str,
+) -> None:
+    model = _model(loaded, name)
+    size = model.config.input_size
+    faces: list[tuple[Path, np.ndarray]] = []
+    # one grey FER2013 face per class, at the model's input size
+    for path, _ in fer_test[:: len(fer_test) // 7][:7]:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        if rgb.shape[:2] != size:
+            rgb = np.asarray(Image.fromarray(rgb).resize(size[::-1], Image.Resampling.BILINEAR))
+            path = tmp_path / f"{path.stem}.png"
+            Image.fromarray(rgb).save(path)
+        faces.append((path, rgb))
+    # colour faces, where a channel-order mistake shows (not on grey faces): the sample photos
+    # shrunk by Pillow to the input size and saved losslessly, and as they are (512 x 512), which
+    # the library must resize as documented (Pillow's bilinear, antialiased: affectfpn.preprocess)
+    for photo in PHOTOS:
+        full = Image.open(samples_dir / photo).convert("RGB")
+        small = full.resize(size[::-1], Image.Resampling.BOX)
+        path = tmp_path / f"{Path(photo).stem}.png"
+        small.save(path)
+        faces.append((path, np.asarray(small)))
+        resized = full.resize(size[::-1], Image.Resampling.BILINEAR, reducing_gap=None)
+        faces.append((samples_dir / photo, np.asarray(resized)))
+    predictions = model.predict([path for path, _ in faces], faces="crop")
+    assert isinstance(predictions, list)
+    for (path, rgb), prediction in zip(faces, predictions, strict=True):
+        np.testing.assert_allclose(
+            _probabilities(prediction), _by_hand(model, rgb), atol=1e-5, err_msg=str(path)
+        )
+
+
+# --------------------------------------------------------------------------- sample photos
+@pytest.mark.shared
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+@pytest.mark.parametrize("name", [_param(m, needs="expression") for m in MODELS])
+def test_labelled_sample_photos(
+    loaded: dict[str, AffectFPN], samples_dir: Path, yunet_path: Path, name: str, photo: str
+) -> None:
+    model = _model(loaded, name)
+    prediction = model.predict(samples_dir / photo, detector=str(yunet_path))
+    assert len(prediction.faces) == 1, "one face in each labelled photo"  # type: ignore[union-attr]
+    label = prediction.faces[0].expression.label  # type: ignore[union-attr]
+    expected = PHOTOS[photo]
+    miss = KNOWN_MISSES.get(name, {}).get(photo)
+    if miss is None:
+        assert label == expected, f"{name} says {label} for the {expected} face in {photo}"
+        return
+    assert label != expected, (
+        f"{name} now gets {photo} right ({expected}): remove it from KNOWN_MISSES"
+    )
+    assert label in NEGATIVE, f"{name} says {label} for the {expected} face in {photo}"
+    assert label == miss, f"{name} said {miss} for {photo} when published, now {label}"
+
+
+# --------------------------------------------------------------------------- ONNX parity
+def _onnx_parity(model: AffectFPN, path: Path, faces: np.ndarray) -> dict[str, np.ndarray]:
+    """Export ``model`` to ``path``; check ONNX Runtime against PyTorch; return PyTorch's."""
+    runner = OnnxRunner(export_onnx(model, path), num_threads=1)
+    batch = torch.from_numpy(runner.preprocess(faces))
+    with torch.inference_mode():
+        out = model.eval()(batch)
+    expected = {
+        OUTPUT_NAMES[task]: getattr(out, task).numpy()
+        for task in ("va", "expression", "au")
+        if getattr(out, task) is not None
+    }
+    got = runner(faces)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, atol=1e-4, rtol=0, err_msg=key)
+    return expected
+
+
+def _faces(n: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
+
+
+def test_onnx_export_of_a_test_time_flip_model_matches_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = AffectFPNConfig(
+        backbone="resnet18", fpn_width=16, input_size=(48, 40), test_time_flip=True
+    )
+    model = AffectFPN(config).eval()
+    faces = _faces(3, (48, 40))
+    flipped = _onnx_parity(model, tmp_path / "flip.onnx", faces)
+    # The averaging is in the graph: the single pass differs by far more than the tolerance, so
+    # an export that dropped the flip would fail the parity above.
+    single = AffectFPN(dataclasses.replace(config, test_time_flip=False))
+    single.load_state_dict(model.state_dict())
+    one_pass = _onnx_parity(single.eval(), tmp_path / "single.onnx", faces)
+    for key in flipped:
+        assert np.abs(flipped[key] - one_pass[key]).max() > 1e-2, key
+
+
+@pytest.mark.parametrize("name", [_param(m) for m in MODELS])
+def test_onnx_export_of_the_shipped_model_matches_pytorch(
+    loaded: dict[str, AffectFPN], tmp_path: Path, name: str
+) -> None:
+    model = _model(loaded, name)
+    _onnx_parity(model, tmp_path / f"{name}.onnx", _faces(4, model.config.input_size, seed=1))
