@@ -300,6 +300,17 @@ def test_publish_to_hub_pushes_and_loads_back_the_pinned_commit(
     commit = local_hub.commit_sha(repo)
     assert f"pushed {repo} at commit {commit}" in out
     assert f"loaded {repo}@{commit}: same outputs: True" in out
+    # The test's own comparison (the script's printed verdict alone could be wrong): the pinned
+    # commit, downloaded here, computes what the model it was made from computes.
+    pushed = AffectFPN.from_pretrained(repo, revision=commit).eval()
+    original = AffectFPN.from_pretrained(tiny_model_dir).eval()
+    assert pushed.config == original.config
+    x = torch.rand(3, 3, *original.config.input_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for name, a, b in zip(("va", "expression", "au"), original(x), pushed(x), strict=True):
+            assert a is not None
+            assert b is not None
+            assert torch.equal(a, b), name
 
     files = local_hub.files(repo)
     assert set(files) >= {"config.json", "model.safetensors", "README.md"}

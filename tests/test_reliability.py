@@ -137,18 +137,17 @@ def test_decompression_bomb_is_refused_before_decoding(
     assert _declared_size(bomb) == (width, height)
     name = f"bomb.{fmt}"
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error" if warnings_are_errors else "ignore")
             with pytest.raises(InputError, match="decompression bomb") as info:
                 load_image(bomb, name=name)
     finally:
-        elapsed = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert str(info.value).startswith(name)
-    assert elapsed < 2.0
+    # Refused before any work proportional to the declared size (not timed: a loaded machine
+    # makes seconds flaky): no pixel buffer was allocated and no decoder was made.
     assert peak < 2 * 2**20, f"{peak:,} bytes traced while refusing {name}"
     assert decoders == []  # no pixel was decoded
     # the same file at a sensible size is decoded (the spy does see decoding)
@@ -444,15 +443,22 @@ def test_config_with_fewer_action_units_than_the_weights(model_dir: Path) -> Non
     ids=["huge-width", "huge-input", "100k-action-units", "bool-string", "float-string", "null"],
 )
 def test_hostile_config_json_is_refused_before_building(
-    model_dir: Path, field: str, value: object
+    model_dir: Path, field: str, value: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = json.loads((model_dir / "config.json").read_text())
     data[field] = value
     (model_dir / "config.json").write_text(json.dumps(data))
-    start = time.perf_counter()
+    built: list[object] = []
+    real_init = affectfpn.models.affectfpn.Backbone.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(args)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(affectfpn.models.affectfpn.Backbone, "__init__", spy)
     with pytest.raises(ConfigError, match=f"'{field}'") as info:
         AffectFPN.from_pretrained(model_dir)
-    assert time.perf_counter() - start < 5
+    assert built == [], "refused from config.json alone: no layer was built"
     assert str(model_dir / "config.json") in str(info.value)
 
 
