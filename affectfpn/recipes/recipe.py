@@ -293,19 +293,34 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
     """Build one dataset from a recipe's spec: ``{type = "...", ...arguments}``.
 
     Types: ``imagefolder``, ``csv``, ``affwild2``, ``affwild2-multitask``, ``affectnet``,
-    ``expw``. The remaining keys are the dataset class's keyword arguments.
+    ``expw``. ``pseudo_labels = "table.csv"`` (a :class:`~affectfpn.recipes.datasets.LabelTable`
+    file, e.g. an external teacher's) fills the labels a sample lacks from that table, matched by
+    key (a real label wins). The remaining keys are the dataset class's keyword arguments.
     """
     builders = dataset_types()
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{source}: a dataset must be a table with a 'type'")
     spec = dict(spec)
     kind = spec.pop("type", None)
+    pseudo = spec.pop("pseudo_labels", None)
     if kind not in builders:
         raise ConfigError(f"{source}: dataset type {kind!r} is not one of {sorted(builders)}")
     try:
         dataset: Dataset[Any] = builders[kind](**spec, transform=transform)
     except TypeError as err:
         raise ConfigError(f"{source}: bad arguments for a {kind} dataset ({err})") from None
+    if pseudo is not None:
+        # Labels from a teacher (a pseudo-label table written by the teacher-student pipeline
+        # or by affectfpn.recipes.external_teachers), matched by key; real labels win.
+        from affectfpn.recipes.datasets import LabelTable, WithPseudoLabels
+
+        path = Path(str(pseudo)).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{source}: pseudo_labels {str(path)!r} is no file: write the table first (see "
+                "docs/action-units.md) or fix the path"
+            )
+        dataset = WithPseudoLabels(dataset, LabelTable.load(path))
     return dataset
 
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from affectfpn._device import resolve_device
 from affectfpn.errors import AffectFPNError, ConfigError
-from affectfpn.labels import TASKS
+from affectfpn.labels import ACTION_UNITS, TASKS
 from affectfpn.metrics import MultiTaskMeter
 from affectfpn.models.affectfpn import AffectFPN
 from affectfpn.preprocess import normalize
@@ -397,6 +397,7 @@ class Trainer:
             )
         check_labels(train_set, model.config.tasks, split="train", required=True)
         check_labels(val_set, model.config.tasks, split="val", required=False)
+        self._au_columns = _au_columns(model.config)
         self.train_set = train_set
         self.val_set = val_set
         #: DataLoader worker processes: ``num_workers``, where "auto" is the cores this process
@@ -479,6 +480,13 @@ class Trainer:
         out: dict[str, Any] = {}
         for k, v in batch.items():
             out[k] = v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        if self._au_columns is not None:  # a model of fewer AUs: their columns, in its order
+            for key in ("au", "au_mask"):
+                if isinstance(out.get(key), torch.Tensor):
+                    out[key] = out[key][:, self._au_columns]
+        if not train and isinstance(out.get("au"), torch.Tensor):
+            # Scored against decisions: a teacher's soft AU label counts as present from 0.5.
+            out["au"] = (out["au"] >= 0.5).to(out["au"].dtype)
         image = out["image"]
         if image.dtype == torch.uint8:
             image = image.float().div_(255.0)
@@ -741,7 +749,11 @@ class Trainer:
         size = len(dataset)  # type: ignore[arg-type]
         indices = list(range(self.dist.rank, size, self.dist.world_size))
         loader = self._loader(dataset, _ListSampler(indices), seed=0)
-        meter = MultiTaskMeter(self.model.config.tasks, au_from_logits=True)
+        meter = MultiTaskMeter(
+            self.model.config.tasks,
+            num_units=len(self.model.config.action_units),
+            au_from_logits=True,
+        )
         batches = _progress(loader, total=len(loader), desc="validation", enabled=False)
         for batch in _worker_errors(batches):
             batch = self._to_device(batch)
@@ -878,6 +890,20 @@ def select_score(metrics: Mapping[str, Mapping[str, Any]], name: str) -> float:
         raise ConfigError(
             f"train.select_metric {name!r} is not among the validation metrics"
         ) from None
+
+
+def _au_columns(config: Any) -> list[int] | None:
+    """Columns of the datasets' AU arrays (all of :data:`ACTION_UNITS`) that a model learns,
+    in its ``action_units`` order; ``None`` when it learns all of them in that order."""
+    if "au" not in config.tasks or tuple(config.action_units) == tuple(ACTION_UNITS):
+        return None
+    unknown = [u for u in config.action_units if u not in ACTION_UNITS]
+    if unknown:
+        raise ConfigError(
+            f"model.action_units {unknown} are not among the action units the datasets label "
+            f"({', '.join(ACTION_UNITS)}): train a subset of those"
+        )
+    return [ACTION_UNITS.index(u) for u in config.action_units]
 
 
 def resolve_workers(num_workers: int | str) -> int:
