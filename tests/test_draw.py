@@ -111,7 +111,8 @@ def test_draw_label_is_inside_image_and_next_to_the_face() -> None:
     assert 0 <= ly1 < ly2 <= HEIGHT
     # right above the box (there is room there), overlapping its columns
     assert ly2 == y1
-    assert lx1 < x2 and lx2 > x1
+    assert lx1 < x2
+    assert lx2 > x1
     # starting at the box's left edge, unless the block would then leave the image: then it
     # ends at the image's right edge
     assert lx1 == x1 if x1 + (lx2 - lx1) <= WIDTH else lx2 == WIDTH
@@ -131,9 +132,11 @@ def test_draw_label_stays_in_image_and_touches_its_box(x1: int) -> None:
     (label,) = label_layout(prediction)
     assert label is not None
     lx1, ly1, lx2, ly2 = label
-    assert 0 <= lx1 < lx2 <= WIDTH and 0 <= ly1 < ly2 <= HEIGHT
+    assert 0 <= lx1 < lx2 <= WIDTH
+    assert 0 <= ly1 < ly2 <= HEIGHT
     assert ly2 == box[1]  # above the box
-    assert lx1 < box[2] and lx2 > box[0]  # overlapping the box's columns
+    assert lx1 < box[2]
+    assert lx2 > box[0]
     # flush with one of the box's vertical edges, or with one side of the image
     assert lx1 == box[0] or lx2 == box[2] or lx1 == 0 or lx2 == WIDTH
 
@@ -148,15 +151,14 @@ def test_draw_labels_of_neighbouring_faces_do_not_overlap() -> None:
     assert all(label is not None for label in labels)
     rects = [label for label in labels if label is not None]
     for i, a in enumerate(rects):
-        assert 0 <= a[0] < a[2] <= width and 0 <= a[1] < a[3] <= height
+        assert 0 <= a[0] < a[2] <= width
+        assert 0 <= a[1] < a[3] <= height
         for b in rects[i + 1 :]:
             overlap_w = min(a[2], b[2]) - max(a[0], b[0])
             overlap_h = min(a[3], b[3]) - max(a[1], b[1])
             assert overlap_w <= 0 or overlap_h <= 0, (a, b)
         for box in boxes:  # and no label covers a face
-            assert min(a[2], box[2]) <= max(a[0], box[0]) or min(a[3], box[3]) <= max(
-                a[1], box[1]
-            )
+            assert min(a[2], box[2]) <= max(a[0], box[0]) or min(a[3], box[3]) <= max(a[1], box[1])
     # the drawing follows the layout: every label block is darkened
     image = np.full((height, width, 3), 230, dtype=np.uint8)
     out = draw(image, prediction)
