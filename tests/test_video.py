@@ -732,3 +732,79 @@ def test_memory_does_not_grow_with_video_length(model: AffectFPN, tmp_path: Path
     # ... and streaming must stay far below it: under a third of that growth (peaks of identical
     # runs vary by up to ~100 kB from transient buffers; keeping the frames adds over 500 kB).
     assert peak_long - peak_short < growth / 3, (peak_short, peak_long, peak_kept)
+
+
+# --------------------------------------------------------------------------- two moving faces
+TWO_FACES_N = 24
+
+
+def _two_face_video(samples_dir: Path, path: Path) -> Path:
+    """Two faces from the sample photos on a grey 480x320 background, 10 fps: face A (happy,
+    150 px) moves right 4 px a frame; face B (surprised) grows from 100 to 192 px, its right edge
+    fixed, so it becomes the larger face partway through. Their crops never overlap."""
+    happy = cv2.imread(str(samples_dir / "0-f15-hao-ph.jpg"))
+    surprised = cv2.imread(str(samples_dir / "0-f1-su-ph.jpg"))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (480, 320))
+    assert writer.isOpened()
+    for i in range(TWO_FACES_N):
+        frame = np.full((320, 480, 3), 128, np.uint8)
+        x = 20 + 4 * i
+        frame[40 : 40 + 150, x : x + 150] = cv2.resize(
+            happy, (150, 150), interpolation=cv2.INTER_AREA
+        )
+        size = 100 + 4 * i
+        frame[60 : 60 + size, 460 - size : 460] = cv2.resize(
+            surprised, (size, size), interpolation=cv2.INTER_AREA
+        )
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.mark.shared
+def test_two_moving_faces_keep_their_track_ids_and_the_main_face_is_the_larger(
+    model: AffectFPN, samples_dir: Path, yunet_path: Path, tmp_path: Path
+) -> None:
+    video = _two_face_video(samples_dir, tmp_path / "two_faces.avi")
+    frames = list(predict_video(model, video, detector=str(yunet_path)))
+    assert [f.index for f in frames] == list(range(TWO_FACES_N))
+    assert all(len(f.faces) == 2 for f in frames), [len(f.faces) for f in frames]
+    # Each person keeps one id for the whole video: A is the face on the left, B on the right.
+    a_ids = {min(f.faces, key=lambda face: face.box[0]).face_id for f in frames}
+    b_ids = {max(f.faces, key=lambda face: face.box[0]).face_id for f in frames}
+    assert len(a_ids) == len(b_ids) == 1
+    (a_id,), (b_id,) = a_ids, b_ids
+    assert a_id != b_id
+    a_boxes = [next(face.box for face in f.faces if face.face_id == a_id) for f in frames]
+    b_boxes = [next(face.box for face in f.faces if face.face_id == b_id) for f in frames]
+    # the boxes follow the motion: A moves 4 px a frame to the right, B grows
+    a_moves = np.diff([box[0] for box in a_boxes])
+    assert 3.0 < a_moves.mean() < 5.0
+    b_widths = [box[2] - box[0] for box in b_boxes]
+    assert b_widths[-1] > 1.6 * b_widths[0]
+
+    def area(box: tuple[float, float, float, float]) -> float:
+        return (box[2] - box[0]) * (box[3] - box[1])
+
+    # The main face is the larger one: A at first, B once it has grown past A, one switch.
+    main_ids = [main_face(f.faces).face_id for f in frames]  # type: ignore[union-attr]
+    expected = [a_id if area(a) > area(b) else b_id for a, b in zip(a_boxes, b_boxes, strict=True)]
+    assert main_ids == expected
+    switch = main_ids.index(b_id)
+    assert 4 <= switch <= TWO_FACES_N - 4, main_ids
+    assert main_ids == [a_id] * switch + [b_id] * (TWO_FACES_N - switch)
+    # The collected result and the ABAW2 file pick the same face per frame.
+    result = analyze_video(
+        model, video, detector=str(yunet_path), abaw_dir=tmp_path / "abaw", video_name="two"
+    )
+    assert result is not None
+    main_va = result.valence_arousal()
+    for i, face_id in enumerate(main_ids):
+        np.testing.assert_array_equal(main_va[i], result.valence_arousal(face_id)[i])
+    lines = (tmp_path / "abaw" / "VA_Set" / "two.txt").read_text().splitlines()[1:]
+    assert len(lines) == TWO_FACES_N
+    for line, frame in zip(lines, frames, strict=True):
+        face = main_face(frame.faces)
+        assert face is not None
+        assert face.va is not None
+        assert [float(v) for v in line.split(",")] == pytest.approx(face.va.as_tuple(), abs=1e-6)
