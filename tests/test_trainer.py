@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from _fake_data import write_affwild2_tree
+from _fake_data import write_affwild2_tree, write_image_folder
 from torch.utils.data import Dataset
 
 import affectfpn.recipes.trainer as trainer_module
@@ -38,6 +38,7 @@ from affectfpn.models.affectfpn import AffectFPNOutput
 from affectfpn.recipes.augment import BatchAugment
 from affectfpn.recipes.datasets import AffWild2MultiTask
 from affectfpn.recipes.losses import multitask_loss
+from affectfpn.recipes.recipe import Recipe, load_recipe, train_from_recipe
 from affectfpn.recipes.trainer import (
     EpochFractionSampler,
     Trainer,
@@ -547,6 +548,69 @@ def test_finished_cosine_run_extended_by_a_restart_matches_the_whole_run(
     with caplog.at_level("WARNING", logger="affectfpn.recipes.trainer"):
         other.load_checkpoint()
     assert "will not match an uninterrupted one" in caplog.text
+
+
+FER_RECIPE = REPO_ROOT / "recipes" / "fer2013.toml"
+FER_FOLDERS = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
+
+
+def _shipped_recipe(data: Path, amp: str) -> Recipe:
+    """recipes/fer2013.toml (the shipped model's recipe) at a tiny size: every setting it has
+    (channels_last, cache = true, label smoothing, SGDR with warm-up, augmentation, head dropout,
+    test-time flip, select_metric) except the model width, input size, epochs, batch size and
+    learning rate; plus loader workers, which the recipe leaves at 0."""
+    overrides = [
+        "model.fpn_width=8",
+        f"model.input_size=[{SIZE}, {SIZE}]",
+        f"data.train=[{{ type = 'imagefolder', root = '{data / 'train'}', cache = true }}]",
+        f"data.val=[{{ type = 'imagefolder', root = '{data / 'val'}', cache = true }}]",
+        "train.epochs=3",
+        "train.cycles=[2, 1]",
+        "train.batch_size=8",
+        "train.lr=0.005",  # 0.05 diverges on 28 noise images under bf16
+        "train.num_workers=2",
+        "train.device='cpu'",
+        "train.progress=false",
+        f"train.amp='{amp}'",
+    ]
+    return load_recipe(FER_RECIPE, overrides)
+
+
+@pytest.mark.parametrize("amp", ["auto", "bf16"])  # the recipe's (off on a CPU); bf16 autocast
+def test_resume_with_the_shipped_recipe_settings_is_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, amp: str
+) -> None:
+    data = tmp_path / "fer2013"
+    write_image_folder(data / "train", dict.fromkeys(FER_FOLDERS, 4), image_size=48)
+    write_image_folder(data / "val", dict.fromkeys(FER_FOLDERS, 2), image_size=48, seed=7)
+    recipe = _shipped_recipe(data, amp)
+    settings = TrainSettings.from_dict(recipe.table("train"))
+    assert settings.channels_last is True
+    assert settings.label_smoothing == pytest.approx(0.1)
+    assert settings.schedule == "cosine_restarts"
+    assert settings.num_workers == 2
+    assert all(spec["cache"] is True for spec in recipe.table("data")["train"])
+    assert recipe.table("model")["test_time_flip"] is True
+
+    whole = train_from_recipe(recipe, output_dir=tmp_path / "whole")
+    assert whole["finished"] is True
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, **kw: real_fit(self, **kw, stop_after_epoch=1))
+    part = train_from_recipe(recipe, output_dir=tmp_path / "part")  # stops inside cycle 1
+    assert part["finished"] is False
+    monkeypatch.setattr(Trainer, "fit", real_fit)
+    resumed = train_from_recipe(recipe, output_dir=tmp_path / "part")  # a fresh model and loader
+    assert resumed["finished"] is True
+
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+    assert_same_state(b["model"], a["model"])
+    losses = [
+        [r["train_loss"] for r in read_jsonl(d / "metrics.jsonl")]
+        for d in (tmp_path / "whole", tmp_path / "part")
+    ]
+    assert losses[0] == losses[1]
+    assert resumed["best_epoch"] == whole["best_epoch"]
 
 
 def _train_until_paused(out: str, marker: str) -> None:
