@@ -8,6 +8,12 @@
 - ``local_hub``: a started in-memory Hugging Face Hub (``tests/hubserver.py``) that
   huggingface_hub is pointed at, with an isolated cache under ``tmp_path``.
 
+Markers (declared in pyproject.toml): ``shared`` (above) and ``slow``, for the few tests that take
+about 10 s or more each on a small 2-core machine (the distributed training test, the every-frame
+and long-video checks). ``python -m pytest -m "not slow"`` (the README's command and CI's)
+leaves them out and stays within a few minutes; ``python -m pytest -m slow`` runs only them, and
+a plain ``python -m pytest`` runs everything.
+
 Every test starts from ``torch.manual_seed(0)``. The suite runs torch on one thread (override with
 the environment variable ``AFFECTFPN_TEST_THREADS``): the test machines are small and shared, and
 several busy-waiting OpenMP threads per process made the tiny models here several times slower.

@@ -755,6 +755,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow  # two fresh Python processes importing torch, under torchrun: ~11 s
 def test_two_cpu_processes_train_together_under_torchrun(tmp_path: Path) -> None:
     out, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()

@@ -153,6 +153,7 @@ def face_noface_frames(
     )
 
 
+@pytest.mark.slow  # every frame of a 640x360 video through YuNet and the model: ~11 s
 @pytest.mark.shared
 def test_wolfgang_every_frame_is_one_face_track(
     model: AffectFPN, samples_dir: Path, yunet_path: Path
@@ -715,6 +716,7 @@ def _peak_while_streaming(model: AffectFPN, path: Path, keep: bool) -> int:
         gc.unfreeze()
 
 
+@pytest.mark.slow  # two long synthetic videos, measured with tracemalloc: ~9 s
 def test_memory_does_not_grow_with_video_length(model: AffectFPN, tmp_path: Path) -> None:
     n = 15
     short = _write_synthetic(tmp_path / "short.avi", n)
