@@ -25,6 +25,11 @@ Command line (``python -m affectfpn.recipes.external_teachers --help``)::
         --scores runs/au-pseudo/blendshapes-val.csv --out runs/au-pseudo/val.csv
     python -m affectfpn.recipes.external_teachers evaluate \\
         --scores runs/au-pseudo/blendshapes-val.csv --root ../shared/data/fer2013/val
+    python -m affectfpn.recipes.external_teachers agreement --model runs/mt-s0/best \\
+        --root ../shared/data/fer2013/test --table runs/au-pseudo/test.csv
+
+A student trained on these tables is measured against its teacher with
+:func:`student_agreement` (the ``agreement`` command).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import math
 import os
 import re
@@ -41,15 +47,19 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from affectfpn.errors import ConfigError, DatasetError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 from affectfpn.recipes._data_common import NUM_AUS, iter_csv, where
 from affectfpn.recipes._data_pseudo import LabelTable, dataset_keys, dataset_label_arrays
 from affectfpn.recipes.blendshapes import BLENDSHAPE_NAMES, CSV_COLUMNS, DEFAULT_PAD, DEFAULT_SIZE
+
+if TYPE_CHECKING:
+    from affectfpn.models.affectfpn import AffectFPN
 
 #: The standalone script that runs MediaPipe (in an environment that has it).
 BLENDSHAPE_SCRIPT = Path(__file__).with_name("blendshapes.py")
@@ -660,6 +670,245 @@ def label_csv_table(
 
 
 # ==============================================================================================
+# Measuring a student against its teacher
+# ==============================================================================================
+
+
+def student_agreement(
+    model: AffectFPN,
+    root: str | os.PathLike[str],
+    table: LabelTable | str | os.PathLike[str],
+    *,
+    exclude: str | os.PathLike[str] | Sequence[str] | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """How well a student's AU outputs agree with the teacher's pseudo labels on an image folder.
+
+    The images of ``root`` (class folders, read by
+    :class:`~affectfpn.recipes.datasets.ImageFolderExpressions`: FER2013's ``test``) go through
+    the model's own evaluation transform (:func:`affectfpn.preprocess.eval_transform`, the face
+    crop resized to ``config.input_size``) and the model in eval mode under
+    ``torch.inference_mode()``, so a ``config.test_time_flip`` model averages each face with its
+    mirror image as it does at inference. The student's AU probability is the sigmoid of its
+    logit; a unit is **active** where it is ``>= threshold``, and so is the teacher's.
+
+    Args:
+        model: an :class:`~affectfpn.AffectFPN` with an ``"au"`` head.
+        root: the image folder; its keys (``"happy/PrivateTest_123.jpg"``) are the table's.
+        table: the teacher's :class:`LabelTable` (or its ``.csv`` / ``.json``), joined by key;
+            a masked cell (the teacher found no face, or does not measure the unit) and a key
+            that is not in the table are left out of that unit's agreement.
+        exclude: relative paths (or a text file of them, e.g. FER2013's
+            ``overlap_with_train.txt``) to leave out, relative to ``root`` or to its parent.
+        batch_size: images per forward pass.
+        device: where the model runs (it is moved back, and its mode restored, afterwards).
+        threshold: the probability at which a unit counts as active, for both.
+
+    Returns:
+        A dict of plain numbers (NaN where undefined; the command writes JSON null)::
+
+            {"root", "num_faces", "excluded", "in_table", "threshold", "test_time_flip",
+             "units": [AUs the model predicts],
+             "expression_counts": {expression: faces},
+             "au": {AU: {"n", "teacher_positive", "teacher_positive_rate",
+                         "student_positive_rate", "auc", "agreement"}},   # teacher-labelled units
+             "student_active": {AU: {expression: share of all its faces with p >= threshold}},
+             "teacher_active": {AU: {expression: share of its teacher-labelled faces}},
+             "expression": {"accuracy", "macro_f1", "score", "n"},   # S_EXPR = score
+             "seconds"}
+
+        ``expression`` is scored as ``affectfpn evaluate`` scores it, against the folder's
+        labels, on the same faces; it is ``None`` for a model without an expression head or
+        whose classes are not the seven EXPRESSIONS.
+
+        ``au[...]["auc"]``: ROC AUC (:func:`roc_auc`) of the student's probability against the
+        teacher's decision, NaN when the teacher's decisions are all one way; ``agreement``: the
+        share of those faces where both decisions match. Units the teacher never labels here
+        have no ``au`` entry. Shares of a class without faces are NaN.
+
+    Raises:
+        ConfigError: a model without an AU head, or a bad argument.
+        DatasetError: a table that shares no key with the folder (check ``--key-prefix``).
+    """
+    import time
+
+    from torch.utils.data import DataLoader
+
+    from affectfpn.preprocess import eval_transform, normalize
+    from affectfpn.recipes.datasets import ImageFolderExpressions, read_path_list
+
+    config = model.config
+    if "au" not in config.tasks:
+        raise ConfigError(f"the model has no AU head (tasks {list(config.tasks)})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not 0.0 < float(threshold) < 1.0:
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
+    teacher = table if isinstance(table, LabelTable) else LabelTable.load(table)
+    excluded: list[str] | None = None
+    if isinstance(exclude, str | os.PathLike):
+        excluded = read_path_list(exclude)
+    elif exclude is not None:
+        excluded = [str(p) for p in exclude]
+    data = ImageFolderExpressions(root, exclude=excluded, transform=eval_transform(config))
+
+    units = list(config.action_units)
+    model_cols = [j for j, u in enumerate(units) if u in ACTION_UNITS]
+    units = [units[j] for j in model_cols]
+    table_cols = [ACTION_UNITS.index(u) for u in units]
+    expr_order: list[int] | None = None
+    if "expression" in config.tasks and set(config.expressions) == set(EXPRESSIONS):
+        expr_order = [config.expressions.index(n) for n in EXPRESSIONS]
+
+    keys: list[str] = []
+    logits: list[np.ndarray] = []
+    predicted: list[np.ndarray] = []
+    dev = torch.device(device)
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    start = time.perf_counter()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+    try:
+        model.to(dev).eval()
+        with torch.inference_mode():
+            for batch in loader:
+                out = model(normalize(batch["image"].to(dev), config))
+                assert out.au is not None
+                logits.append(out.au.float()[:, model_cols].cpu().numpy())
+                if expr_order is not None and out.expression is not None:
+                    expr_logits = out.expression.float()[:, expr_order]
+                    predicted.append(expr_logits.argmax(dim=1).cpu().numpy())
+                keys.extend(str(k) for k in batch["key"])
+    finally:
+        model.to(home)
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+
+    n = len(keys)
+    # the AUC ranks the logits: the same order as the probabilities, without float32's ties
+    # at 0 and 1 (a sigmoid saturates beyond |logit| ~ 17)
+    logit = np.concatenate(logits).astype(np.float64).reshape(n, len(units))
+    student = 1 / (1 + np.exp(-np.clip(logit, -500, 500)))
+    labels = data.label_arrays()
+    by_key = {k: i for i, k in enumerate(data.keys)}
+    rows = np.array([by_key[k] for k in keys], np.int64)
+    expression = labels.expression[rows]
+    has_expression = labels.expression_mask[rows]
+    t_rows = [teacher.position(k) for k in keys]
+    in_table = np.array([r is not None for r in t_rows], bool)
+    if not in_table.any():
+        raise DatasetError(
+            f"none of the {n} keys of {os.fspath(root)!r} (e.g. {keys[0]!r}) is in the label "
+            f"table (e.g. {teacher.key_list[:1]!r}); were the keys written with a prefix?"
+        )
+    t_index = np.array([-1 if r is None else r for r in t_rows], np.int64)
+    t_au = np.zeros((n, len(units)), np.float64)
+    t_mask = np.zeros((n, len(units)), bool)
+    found = t_index >= 0
+    t_au[found] = teacher.labels.au[t_index[found]][:, table_cols]
+    t_mask[found] = teacher.labels.au_mask[t_index[found]][:, table_cols]
+
+    cut = float(threshold)
+    s_on, t_on = student >= cut, t_au >= cut
+    classes = {name: has_expression & (expression == c) for c, name in enumerate(EXPRESSIONS)}
+
+    def share(on: np.ndarray, where: np.ndarray) -> float:
+        return float(on[where].mean()) if where.any() else math.nan
+
+    au: dict[str, dict[str, float]] = {}
+    student_active: dict[str, dict[str, float]] = {}
+    teacher_active: dict[str, dict[str, float]] = {}
+    for j, unit in enumerate(units):
+        m = t_mask[:, j]
+        student_active[unit] = {e: share(s_on[:, j], rows_) for e, rows_ in classes.items()}
+        if not m.any():
+            continue
+        teacher_active[unit] = {e: share(t_on[:, j], rows_ & m) for e, rows_ in classes.items()}
+        au[unit] = {
+            "n": int(m.sum()),
+            "teacher_positive": int(t_on[m, j].sum()),
+            "teacher_positive_rate": share(t_on[:, j], m),
+            "student_positive_rate": share(s_on[:, j], m),
+            "auc": roc_auc(logit[m, j], t_on[m, j]),
+            "agreement": share(s_on[:, j] == t_on[:, j], m),
+        }
+
+    expression_result: dict[str, float] | None = None
+    if predicted:
+        from affectfpn.metrics import ExpressionMeter
+
+        meter = ExpressionMeter()
+        meter.update(np.concatenate(predicted), expression, has_expression)
+        scores = meter.compute()
+        expression_result = {
+            name: float(value)
+            for name in ("accuracy", "macro_f1", "score")
+            if isinstance(value := scores[name], float | int)
+        }
+        expression_result["n"] = int(has_expression.sum())
+    return {
+        "root": os.fspath(root),
+        "num_faces": n,
+        "excluded": int(data.n_excluded),
+        "in_table": int(in_table.sum()),
+        "threshold": cut,
+        "test_time_flip": bool(config.test_time_flip),
+        "units": units,
+        "expression_counts": {e: int(rows_.sum()) for e, rows_ in classes.items()},
+        "au": au,
+        "student_active": student_active,
+        "teacher_active": teacher_active,
+        "expression": expression_result,
+        "seconds": seconds,
+    }
+
+
+def format_agreement(result: Mapping[str, Any]) -> str:
+    """Markdown tables of :func:`student_agreement`'s result."""
+    lines = [
+        f"{result['num_faces']} faces ({result['excluded']} excluded), "
+        f"{result['in_table']} in the teacher's table; active: p >= {result['threshold']}"
+        + (", test-time flip" if result["test_time_flip"] else ""),
+        "",
+        "| AU | faces labelled | teacher positive | student positive | AUC | agreement |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for unit, r in result["au"].items():
+        lines.append(
+            f"| {unit} | {r['n']} | {r['teacher_positive_rate']:.3f} | "
+            f"{r['student_positive_rate']:.3f} | {r['auc']:.3f} | {r['agreement']:.3f} |"
+        )
+    counts = result["expression_counts"]
+    lines += [
+        "",
+        "Student AU active (p >= threshold) per expression, share of all faces "
+        "(teacher's share of the faces it labelled in brackets):",
+        "",
+        "| AU | " + " | ".join(f"{e} ({counts[e]})" for e in EXPRESSIONS) + " |",
+        "| --- |" + " --- |" * len(EXPRESSIONS),
+    ]
+    for unit, per_class in result["student_active"].items():
+        teacher = result["teacher_active"].get(unit, {})
+        cells = [
+            f"{per_class[e]:.2f}" + (f" ({teacher[e]:.2f})" if e in teacher else "")
+            for e in EXPRESSIONS
+        ]
+        lines.append(f"| {unit} | " + " | ".join(cells) + " |")
+    expr = result["expression"]
+    if expr is not None:
+        lines += [
+            "",
+            f"Expression accuracy {expr['accuracy']:.4f}, macro F1 {expr['macro_f1']:.4f}, "
+            f"S_EXPR {expr['score']:.4f} ({expr['n']} faces)",
+        ]
+    lines.append(f"({result['seconds']:.1f} s)")
+    return "\n".join(lines)
+
+
+# ==============================================================================================
 # Command line
 # ==============================================================================================
 
@@ -699,6 +948,17 @@ def format_evaluation(
     return "\n".join(lines)
 
 
+def _json_ready(value: Any) -> Any:
+    """``value`` with NaN floats as ``None`` (strict JSON)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m affectfpn.recipes.external_teachers``: run, convert and measure teachers."""
     parser = argparse.ArgumentParser(prog="python -m affectfpn.recipes.external_teachers")
@@ -732,8 +992,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--scores", required=True)
         p.add_argument("--root", required=True, help="the image folder the scores came from")
 
+    p = sub.add_parser("agreement", help="a student's AU outputs against the teacher's table")
+    p.add_argument("--model", required=True, help="model folder, registered name or Hub id")
+    p.add_argument("--root", required=True, help="image folder of class folders (FER2013 test)")
+    p.add_argument("--table", required=True, help="the teacher's LabelTable for that folder")
+    p.add_argument("--exclude", default=None, help="text file of relative paths to leave out")
+    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threshold", type=float, default=0.5)
+
     args = parser.parse_args(argv)
-    if args.command == "blendshapes":
+    if args.command == "agreement":
+        from affectfpn.models.affectfpn import AffectFPN
+
+        student = AffectFPN.from_pretrained(args.model)
+        result = student_agreement(
+            student,
+            args.root,
+            args.table,
+            exclude=args.exclude,
+            batch_size=args.batch_size,
+            device=args.device,
+            threshold=args.threshold,
+        )
+        result["model"] = args.model
+        result["table"] = args.table
+        print(format_agreement(result))
+        if args.json is not None:
+            out = Path(args.json)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "w", encoding="utf-8") as f:
+                json.dump(_json_ready(result), f, indent=2, allow_nan=False)
+                f.write("\n")
+    elif args.command == "blendshapes":
         run_blendshape_teacher(
             args.out,
             root=args.root,
