@@ -238,6 +238,21 @@ def download(
     """
     from huggingface_hub import hf_hub_download
 
+    if not local_files_only:
+        # One quick probe first: with the Hub out of reach, use the cache or fail at once,
+        # instead of sitting through huggingface_hub's retries of every request.
+        reason = hub_unreachable()
+        if reason is not None:
+            try:
+                return download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    local_files_only=True,
+                    token=token,
+                )
+            except OfflineError as err:
+                raise OfflineError(f"{err} (the Hub: {reason})") from None
     paths = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:

@@ -371,11 +371,6 @@ def test_hub_outage_with_nothing_cached_fails_after_bounded_attempts(
     assert 1 <= local_hub.connect_attempts <= HF_CONNECT_BUDGET
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_pretrained lets huggingface_hub retry a refused Hub 5 times (about 23 s with "
-    "its real waits); download_yunet probes once first (affectfpn._hub.hub_unreachable)",
-)
 def test_hub_outage_with_nothing_cached_fails_without_a_retry_loop(
     local_hub: LocalHub, saved: tuple[AffectFPN, Path]
 ) -> None:

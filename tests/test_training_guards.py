@@ -208,5 +208,23 @@ def test_epoch_log_lines_are_readable() -> None:
     assert line.startswith("epoch 3/26")
     assert "loss 1.2034" in line
     assert "val expression/accuracy 0.5912" in line
+    assert line.endswith("101 s, 283.4 img/s")
     assert "{" not in line
     assert "[[" not in line
+
+
+def test_a_diverged_model_is_named_as_such_at_validation(faces: Path, tmp_path: Path) -> None:
+    from affectfpn.preprocess import eval_transform
+    from affectfpn.recipes.datasets import ImageFolderExpressions
+    from affectfpn.recipes.recipe import model_from_recipe
+    from affectfpn.recipes.trainer import Trainer, TrainSettings
+
+    recipe = recipe_from_dict(tiny_recipe(faces, tmp_path / "run"))
+    model = model_from_recipe(recipe)
+    with torch.no_grad():
+        model.heads["expression"].bias.fill_(float("nan"))
+    val = ImageFolderExpressions(faces / "val", transform=eval_transform(model.config))
+    settings = TrainSettings.from_dict(recipe.table("train"))
+    trainer = Trainer(model, val, val_set=val, settings=settings, output_dir=tmp_path / "run")
+    with pytest.raises(AffectFPNError, match=r"outputs are not finite .* lower train\.lr"):
+        trainer.evaluate(val)

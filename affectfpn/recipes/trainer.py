@@ -760,6 +760,11 @@ class Trainer:
             with self._autocast():
                 output = self.model(batch["image"])
             output = type(output)(*(None if t is None else t.float() for t in output))
+            if not all(t is None or bool(torch.isfinite(t).all()) for t in output):
+                raise AffectFPNError(
+                    f"the model's outputs are not finite after {self.epoch + 1} epoch(s): the "
+                    "training diverged; lower train.lr, set train.grad_clip, or check the labels"
+                )
             meter.update(output, batch)
         if self.dist.world_size > 1:
             for m in meter.meters.values():
@@ -1039,7 +1044,7 @@ def format_epoch(record: Mapping[str, Any], epochs: int, select_metric: str) -> 
         parts.append(f"[{select_metric} {num(record['val_score'])}]")
     seconds = record.get("train_seconds")
     if seconds is not None:
-        parts.append(f"{num(float(seconds))} s, {record.get('images_per_second')} img/s")
+        parts.append(f"{float(seconds):.0f} s, {record.get('images_per_second')} img/s")
     return "  ".join(parts)
 
 
