@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import platform
 import sys
 import tempfile
@@ -88,6 +89,7 @@ def publish(
     card: dict[str, Any] | None = None,
     batch_size: int = 64,
     throughput_seconds: float = 10.0,
+    au_teachers: Sequence[tuple[str, str, str, str | None]] = (),
 ) -> dict[str, Any]:
     """Evaluate, card and register the model in ``source``; returns the ``model_info`` dict.
 
@@ -102,6 +104,10 @@ def publish(
         default: Mark the model as the default of ``AffectFPN.from_pretrained()``.
         card: Model-card metadata: ``description``, ``license``, ``datasets``, ``recipe``,
             ``training``, ``limitations``.
+        au_teachers: ``(label, image folder, teacher table, exclude file or None)``: the AU
+            outputs scored against an external teacher's pseudo-label table
+            (:func:`~affectfpn.recipes.external_teachers.student_agreement`): per unit the ROC
+            AUC and the agreement, and each unit's active share per expression.
     """
     from affectfpn.evaluation import evaluate
 
@@ -120,6 +126,24 @@ def publish(
         samples[label] = report.num_samples
         reports[label] = report.to_dict()
         logger.info("%s: %s", label, metrics[label])
+    for label, root, table, exclude in au_teachers:
+        from affectfpn.recipes.external_teachers import student_agreement
+
+        agreement = student_agreement(model, root, table, exclude=exclude, batch_size=batch_size)
+        figures: dict[str, float] = {}
+        for unit, values in agreement["au"].items():
+            for key in ("auc", "agreement"):
+                value = values.get(key)
+                if isinstance(value, int | float) and math.isfinite(value):
+                    figures[f"{unit}_{key}_vs_teacher"] = round(float(value), 5)
+        for unit, shares in agreement["student_active"].items():
+            for expression, share in shares.items():
+                if isinstance(share, int | float) and math.isfinite(share):  # no face: no share
+                    figures[f"{unit}_active_{expression.lower()}"] = round(float(share), 5)
+        metrics[label] = figures
+        samples[label] = int(agreement["num_faces"])
+        reports[label] = agreement
+        logger.info("%s: %s", label, figures)
     dtype = None
     if half:
         first_label, first_path, first_exclude = evals[0]
@@ -215,6 +239,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="LABEL=PATH[::EXCLUDE]",
         help="evaluation dataset (repeat); EXCLUDE is a file of paths to leave out",
     )
+    parser.add_argument(
+        "--au-teacher",
+        action="append",
+        default=[],
+        metavar="LABEL=FOLDER::TABLE[::EXCLUDE]",
+        help="score the AU outputs against a teacher's pseudo-label table on an image folder "
+        "(repeat)",
+    )
     parser.add_argument("--card", help="JSON file of model-card metadata")
     parser.add_argument("--full-precision", action="store_true", help="keep float32 weights")
     parser.add_argument("--default", action="store_true", help="make it the default model")
@@ -227,6 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--eval {item!r} must look like LABEL=PATH[::EXCLUDE]")
         path, _, exclude = rest.partition("::")
         evals.append((label, path, exclude or None))
+    teachers = []
+    for item in args.au_teacher:
+        label, sep, rest = item.partition("=")
+        parts = rest.split("::")
+        if not sep or len(parts) not in (2, 3):
+            parser.error(f"--au-teacher {item!r} must look like LABEL=FOLDER::TABLE[::EXCLUDE]")
+        teachers.append((label, parts[0], parts[1], parts[2] if len(parts) == 3 else None))
     card = json.loads(Path(args.card).read_text(encoding="utf-8")) if args.card else {}
     try:
         info = publish(
@@ -237,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             half=not args.full_precision,
             default=args.default,
             card=card,
+            au_teachers=teachers,
         )
     except AffectFPNError as err:
         print(f"publish: error: {err}", file=sys.stderr)
