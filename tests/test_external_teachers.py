@@ -742,3 +742,9 @@ def test_agreement_command(
             assert written["au"][unit][name] == pytest.approx(direct["au"][unit][name])
     assert written["student_active"]["AU4"]["Anger"] is None  # NaN: no angry face
     assert written["expression"]["accuracy"] == pytest.approx(direct["expression"]["accuracy"])
+
+
+def test_the_standalone_script_reads_the_same_image_endings_as_the_datasets() -> None:
+    from affectfpn.recipes import _data_common, blendshapes
+
+    assert blendshapes.IMAGE_EXTENSIONS == _data_common.IMAGE_EXTENSIONS

@@ -111,7 +111,8 @@ BLENDSHAPE_NAMES: tuple[str, ...] = (
 #: The columns of the output CSV.
 CSV_COLUMNS: tuple[str, ...] = ("key", "face_found", "error", *BLENDSHAPE_NAMES)
 
-#: File name endings read as images with ``--root`` (those of affectfpn's image datasets).
+#: File name endings read as images with ``--root``: those of affectfpn's image datasets, written
+#: out again because this script runs without affectfpn (a test holds the two lists equal).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
     ".jpeg",
