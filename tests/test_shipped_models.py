@@ -243,6 +243,39 @@ def test_labelled_sample_photos(
     assert label == miss, f"{name} said {miss} for {photo} when published, now {label}"
 
 
+def _au12_models() -> list[object]:
+    return [
+        _param(m)
+        for m in MODELS
+        if "au" in m.tasks and "AU12" in m.action_units and "fer2013-test" in m.metrics
+    ]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", _au12_models())
+def test_au12_is_active_on_smiles_and_rarely_on_neutral_faces(
+    loaded: dict[str, AffectFPN], fer_test: list[tuple[Path, str]], samples_dir: Path, name: str
+) -> None:
+    """The issue's floors for a smile AU: active on >= 70 % of happy faces of FER2013 test and
+    on <= 20 % of its neutral ones (here on the stratified subset), and on the smiling face of
+    single_face.jpg."""
+    model = _model(loaded, name)
+    faces = [(path, e) for path, e in fer_test if e in ("Happiness", "Neutral")]
+    predictions = model.predict([path for path, _ in faces], faces="crop", batch_size=64)
+    active = {"Happiness": [], "Neutral": []}  # type: dict[str, list[bool]]
+    for prediction, (_, expression) in zip(predictions, faces, strict=True):
+        aus = prediction.faces[0].aus
+        assert aus is not None
+        active[expression].append("AU12" in aus.active)
+    happy, neutral = np.mean(active["Happiness"]), np.mean(active["Neutral"])
+    assert happy >= 0.70, f"{name}: AU12 active on {happy:.2f} of happy faces"
+    assert neutral <= 0.20, f"{name}: AU12 active on {neutral:.2f} of neutral faces"
+    smile = model.predict(samples_dir / "single_face.jpg")
+    assert len(smile.faces) == 1
+    assert smile.faces[0].aus is not None
+    assert "AU12" in smile.faces[0].aus.active
+
+
 # --------------------------------------------------------------------------- ONNX parity
 def _onnx_parity(model: AffectFPN, path: Path, faces: np.ndarray) -> dict[str, np.ndarray]:
     """Export ``model`` to ``path``; check ONNX Runtime against PyTorch; return PyTorch's."""
