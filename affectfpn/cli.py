@@ -594,11 +594,11 @@ def _quiet_opencv(verbose: int) -> None:
 
 def _check_inputs(inputs: Sequence[str]) -> None:
     """Fail early (before loading a model) on paths that do not exist or globs with no match."""
-    from affectfpn.inference._io import _looks_like_video, is_video_path
+    from affectfpn.io import is_video_path, looks_like_video
 
     for text in inputs:
         path = Path(text).expanduser()
-        if path.is_file() and (is_video_path(path) or _looks_like_video(_head(path))):
+        if path.is_file() and (is_video_path(path) or looks_like_video(_head(path))):
             raise InputError(
                 f"{text}: a video file, not an image; use 'affectfpn video {shlex.quote(text)}'"
             )
@@ -786,7 +786,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
     if args.every_n != 1 and args.target_fps is not None:
         raise _UsageError("give --every-n or --target-fps, not both", "video")
     if "://" not in args.video:
-        from affectfpn.inference._io import is_still_image_file
+        from affectfpn.io import is_still_image_file
 
         if not Path(args.video).expanduser().is_file():
             raise InputError(f"{args.video}: no such video file")

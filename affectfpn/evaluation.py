@@ -262,8 +262,8 @@ class EvaluationReport:
 
 def _read_exclude(exclude: ExcludeSpec) -> list[str]:
     """Normalised relative paths from a list, or from a text file of them."""
-    from affectfpn.recipes._data_common import normalize_relpath
-    from affectfpn.recipes.datasets import read_path_list
+    from affectfpn.data import read_path_list
+    from affectfpn.data.common import normalize_relpath
 
     if isinstance(exclude, str | os.PathLike):
         path = Path(exclude)
@@ -314,7 +314,7 @@ def build_eval_dataset(
         InputError: a path that does not exist or is not one of the kinds above.
         DatasetError: malformed data (from the dataset classes).
     """
-    from affectfpn.recipes.datasets import AffWild2MultiTask, ImageFolderExpressions, LabelCSV
+    from affectfpn.data import AffWild2MultiTask, ImageFolderExpressions, LabelCSV
 
     path = Path(spec)
     transform = eval_transform(config)
@@ -406,7 +406,7 @@ def _exclude_by_key(dataset: Dataset[dict[str, Any]], exclude: Sequence[str]) ->
 
 def _describe(dataset: Dataset[Any]) -> str:
     """A one-line description of a dataset for the report."""
-    from affectfpn.recipes.datasets import (
+    from affectfpn.data import (
         AffWild2,
         AffWild2MultiTask,
         ImageFolderExpressions,

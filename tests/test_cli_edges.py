@@ -27,7 +27,7 @@ from PIL import Image
 from affectfpn import AffectFPN, AffectFPNConfig
 from affectfpn.cli import EXIT_ERROR, EXIT_OK, main
 from affectfpn.errors import InputError
-from affectfpn.inference._io import iter_sources, load_image
+from affectfpn.io import iter_sources, load_image
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -39,12 +39,13 @@ from torch.utils.data import Dataset
 
 import affectfpn
 from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo, registry
+from affectfpn import io as _io
 from affectfpn._hub import load_state_dict_strict, read_safetensors
+from affectfpn.data.common import decode_images, open_rgb
 from affectfpn.errors import ConfigError, DatasetError, InputError, WeightsError
-from affectfpn.inference import Detection, ImagePrediction, Predictor, _io, predict, predict_iter
-from affectfpn.inference._io import load_image
+from affectfpn.inference import Detection, ImagePrediction, Predictor, predict, predict_iter
+from affectfpn.io import load_image
 from affectfpn.models.affectfpn import AffectFPNOutput
-from affectfpn.recipes._data_common import decode_images, open_rgb
 from affectfpn.recipes.datasets import AffectNet, AffWild2, ExpW, LabelCSV, read_path_list
 from affectfpn.recipes.trainer import Trainer, TrainSettings, training_finished
 

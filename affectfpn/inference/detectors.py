@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from affectfpn.errors import AffectFPNError, ConfigError, InputError, OfflineError, WeightsError
-from affectfpn.inference._io import array_to_rgb
+from affectfpn.io import array_to_rgb
 
 __all__ = [
     "YUNET_ENV",
@@ -456,7 +456,7 @@ class YuNetDetector:
 
         Args:
             rgb: ``H x W x 3`` ``uint8`` RGB image (grey, RGBA and other arrays that
-                :func:`~affectfpn.inference._io.array_to_rgb` accepts are converted).
+                :func:`~affectfpn.io.array_to_rgb` accepts are converted).
 
         Returns:
             Detections in ``rgb``'s pixel coordinates, best score first; boxes are clipped to

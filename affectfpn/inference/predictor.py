@@ -2,7 +2,7 @@
 
 The pipeline, per input image:
 
-1. decode it to RGB ``uint8`` (:func:`~affectfpn.inference._io.load_image`: paths, bytes, PIL
+1. decode it to RGB ``uint8`` (:func:`~affectfpn.io.load_image`: paths, bytes, PIL
    images, numpy arrays, torch tensors, ...);
 2. ``faces="detect"``: find every face with a detector and align each one at the model's
    ``config.input_size`` (:func:`~affectfpn.inference.align.align_face`: on the 5 landmarks when
@@ -46,7 +46,6 @@ from typing_extensions import Unpack
 from affectfpn._device import resolve_device
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, InputError
-from affectfpn.inference._io import is_image_path, iter_sources, list_images, load_image
 from affectfpn.inference.align import align_face
 from affectfpn.inference.detectors import (
     Detection,
@@ -62,6 +61,7 @@ from affectfpn.inference.results import (
     ImagePrediction,
     ValenceArousal,
 )
+from affectfpn.io import is_image_path, iter_sources, list_images, load_image
 from affectfpn.preprocess import normalize, resize_face
 
 __all__ = ["FACE_MODES", "ON_ERROR", "Predictor", "predict", "predict_iter"]
