@@ -565,8 +565,7 @@ def _os_message(err: OSError) -> str:
 
 def _load_model(args: argparse.Namespace) -> Any:
     """The model that ``--model`` / ``--revision`` / ``--device`` name, in eval mode."""
-    from affectfpn import registry
-    from affectfpn.models import AffectFPN
+    from affectfpn.models import AffectFPN, registry
 
     name = args.model
     if name is None:
@@ -971,7 +970,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ export
 def _card_for(model: Any) -> dict[str, Any] | None:
     """Model-card metadata of a registered model (``None`` for other models)."""
-    from affectfpn import registry
+    from affectfpn.models import registry
 
     name = getattr(model, "name_or_path", None)
     if not isinstance(name, str) or name not in registry.model_names():
@@ -1024,7 +1023,7 @@ def _metrics_text(metrics: Any) -> str:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from affectfpn import registry
+    from affectfpn.models import registry
 
     infos = registry.list_models()
     try:
@@ -1058,9 +1057,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ download
 def _cmd_download(args: argparse.Namespace) -> int:
-    from affectfpn import registry
-    from affectfpn._hub import WEIGHTS_NAME, download, load_folder
-    from affectfpn.models import AffectFPN
+    from affectfpn.models import AffectFPN, registry
+    from affectfpn.models.hub import WEIGHTS_NAME, download, load_folder
 
     lines: list[tuple[str, str, str]] = []
     if not args.detector_only:

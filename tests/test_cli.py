@@ -23,10 +23,11 @@ from _drawn import outline_changed
 from hubserver import LocalHub, set_hf_offline
 from PIL import Image
 
-from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo, registry
+from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo
 from affectfpn.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, main
 from affectfpn.inference import detectors
 from affectfpn.inference.results import table_columns
+from affectfpn.models import registry
 
 COMMANDS = ("predict", "video", "evaluate", "train", "export", "models", "download")
 

@@ -336,7 +336,7 @@ def download_yunet() -> Path:
         f"use the embedded YuNet (detector='yunet', the default), {_YUNET_FIX}, or run "
         "`affectfpn download --hub-detector` once while online"
     )
-    from affectfpn._hub import hub_unreachable
+    from affectfpn._network import hub_unreachable
 
     reason = hub_unreachable()
     if reason is not None:

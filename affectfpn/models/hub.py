@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from affectfpn._network import hub_unreachable
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import AffectFPNError, ConfigError, OfflineError, WeightsError
@@ -50,7 +51,7 @@ def save_pretrained(
     """
     from safetensors.torch import save_file
 
-    from affectfpn._modelcard import render_model_card
+    from affectfpn.models._card import render_model_card
 
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def load_pretrained(
     token: str | bool | None = None,
 ) -> "AffectFPN":
     """Resolve ``name_or_path`` to a folder of weights and build the model from it."""
-    from affectfpn import registry
+    from affectfpn.models import registry
 
     if name_or_path is None:
         name_or_path = registry.default_model_name()
@@ -274,29 +275,6 @@ def download(
     if Path(paths[1]).parent != folder:  # both files always come from one snapshot folder
         raise WeightsError(f"{repo_id}: config and weights resolved to different revisions")
     return folder
-
-
-def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the Hub endpoint cannot be reached right now, or ``None`` when it can.
-
-    A quick TCP connection to the endpoint's host, so that a machine without network fails at
-    once with a clear error instead of sitting through huggingface_hub's retries.
-    """
-    import socket
-    import urllib.parse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "offline mode is on (HF_HUB_OFFLINE=1)"
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    host = url.hostname or ""
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        return f"{host}:{port} is not reachable ({err})"
-    return None
 
 
 def _hub_error(err: Exception, repo_id: str, revision: str | None, filename: str) -> AffectFPNError:
