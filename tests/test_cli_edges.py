@@ -449,7 +449,7 @@ def test_offline_hub_detector_error_names_the_flags(
     ],
 )
 def test_cli_words_rewrites_python_keywords(library: str, cli: str) -> None:
-    from affectfpn.cli import _cli_words
+    from affectfpn.cli._common import _cli_words
 
     assert _cli_words(library) == cli
 
