@@ -45,11 +45,13 @@ from affectfpn.errors import InputError
 
 __all__ = [
     "DECODE_ERRORS",
+    "GLOB_CHARS",
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "VIDEO_EXTENSIONS",
     "LoadedImage",
     "array_to_rgb",
+    "has_glob_chars",
     "is_image_path",
     "is_still_image_file",
     "is_video_path",
@@ -83,7 +85,8 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 #: this value says.
 MAX_IMAGE_PIXELS: int = 89_478_485
 
-_GLOB_CHARS = ("*", "?", "[")
+#: Characters that make a path a glob pattern (when no file has that name).
+GLOB_CHARS = ("*", "?", "[")
 _URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://")
 # What Pillow raises on data it cannot decode (UnidentifiedImageError is an OSError).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
@@ -153,6 +156,11 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     Only the name is looked at; the file need not exist.
     """
     return Path(os.fspath(path)).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def has_glob_chars(text: str) -> bool:
+    """Whether ``text`` holds a glob wildcard (``*``, ``?`` or ``[``)."""
+    return any(ch in text for ch in GLOB_CHARS)
 
 
 def is_video_path(path: str | os.PathLike[str]) -> bool:
@@ -334,7 +342,7 @@ def _expand_path(obj: str | os.PathLike[Any], recursive: bool) -> Iterator[tuple
         for f in files:
             name = str(f)
             yield name, name
-    elif not path.exists() and any(ch in text for ch in _GLOB_CHARS):
+    elif not path.exists() and has_glob_chars(text):
         pattern = os.path.expanduser(text)
         matches = sorted(
             m

@@ -31,7 +31,6 @@ EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
 
 _FORMATS = ("csv", "json", "table")
-_GLOB_CHARS = ("*", "?", "[")
 
 
 #: Adds one subcommand's parser (see :func:`affectfpn.cli.app.build_parser`).
@@ -259,7 +258,7 @@ def _quiet_opencv(verbose: int) -> None:
 
 def _check_inputs(inputs: Sequence[str]) -> None:
     """Fail early (before loading a model) on paths that do not exist or globs with no match."""
-    from affectfpn.io import is_video_path, looks_like_video
+    from affectfpn.io import has_glob_chars, is_video_path, looks_like_video
 
     for text in inputs:
         path = Path(text).expanduser()
@@ -269,7 +268,7 @@ def _check_inputs(inputs: Sequence[str]) -> None:
             )
         if path.exists():
             continue
-        if any(ch in text for ch in _GLOB_CHARS):
+        if has_glob_chars(text):
             if not glob.glob(os.path.expanduser(text), recursive=True):
                 raise InputError(f"{text}: the pattern matches no file")
             continue

@@ -61,7 +61,7 @@ from affectfpn.inference.results import (
     ImagePrediction,
     ValenceArousal,
 )
-from affectfpn.io import is_image_path, iter_sources, list_images, load_image
+from affectfpn.io import has_glob_chars, is_image_path, iter_sources, list_images, load_image
 from affectfpn.preprocess import normalize, resize_face
 
 __all__ = ["FACE_MODES", "ON_ERROR", "Predictor", "predict", "predict_iter"]
@@ -73,7 +73,6 @@ FACE_MODES: tuple[str, ...] = ("detect", "crop")
 #: Values of the ``on_error=`` option.
 ON_ERROR: tuple[str, ...] = ("raise", "skip")
 
-_GLOB_CHARS = ("*", "?", "[")
 # Serialises the one-time preparation of a model (device move, channels_last) across threads.
 _MODEL_LOCK = threading.Lock()
 
@@ -183,7 +182,7 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 
 def _is_glob(text: str) -> bool:
-    return not Path(text).expanduser().exists() and any(ch in text for ch in _GLOB_CHARS)
+    return not Path(text).expanduser().exists() and has_glob_chars(text)
 
 
 def _is_single(inputs: object) -> bool:
