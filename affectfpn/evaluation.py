@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -30,7 +29,7 @@ from typing import Any, TypeAlias
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from affectfpn._device import resolve_device
+from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import DatasetError, InputError
@@ -514,18 +513,6 @@ def _check_args(batch_size: int, num_workers: int, au_threshold: float) -> None:
         raise InputError(f"au_threshold must be a probability in (0, 1), got {au_threshold!r}")
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _batches(
     loader: DataLoader[dict[str, Any]], total: int, enabled: bool
 ) -> Iterator[dict[str, Any]]:
@@ -643,7 +630,7 @@ def evaluate(
         raise InputError(f"dataset {description} has no samples to evaluate")
 
     dev = resolve_device(device)
-    amp = _amp_dtype(dev)
+    amp = amp_dtype(dev)
     align = _align(config)
     meter_tasks = [t for t in config.tasks if t != "au" or align.unit_names]
     meter = (
@@ -678,7 +665,7 @@ def evaluate(
             for batch in _batches(loader, n_total, progress):
                 images = _check_images(batch.get("image"), config)
                 images = images.to(dev, non_blocking=True)
-                with _autocast(dev, amp):
+                with autocast(dev, amp):
                     out = model(normalize(images, config))
                 seen += int(images.shape[0])
                 for task, n in _labelled_counts(batch).items():

@@ -43,7 +43,7 @@ from torch import nn
 from tqdm import tqdm
 from typing_extensions import Unpack
 
-from affectfpn._device import resolve_device
+from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, InputError
 from affectfpn.inference.align import align_face
@@ -380,19 +380,13 @@ class Predictor:
         workers = _default_workers(self.device) if num_workers is None else num_workers
         self.num_workers = _check_positive_int("num_workers", workers, low=0)
         use_amp = self.device.type == "cuda" if amp is None else bool(amp)
-        self.amp_dtype: torch.dtype | None = None
         if not isinstance(compile_model, bool):
             raise ConfigError(f"compile_model must be True or False, got {compile_model!r}")
         # compiled lazily: torch.compile only wraps here, the first call compiles
         self._forward: Callable[[torch.Tensor], Any] = (
             torch.compile(self.model, dynamic=True) if compile_model else self.model
         )
-        if use_amp:
-            if self.device.type == "cuda":
-                bf16 = torch.cuda.is_bf16_supported()
-                self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-            else:
-                self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        self.amp_dtype: torch.dtype | None = amp_dtype(self.device, "on" if use_amp else "off")
         self._channels_last = _wants_channels_last(self.device)
         self._pin = self.device.type == "cuda"
 
@@ -563,9 +557,7 @@ class Predictor:
         queue.clear()
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _run_batch(self, faces: list[tuple[_Pending, int]]) -> None:
         if not faces:
