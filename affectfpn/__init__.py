@@ -45,16 +45,16 @@ if TYPE_CHECKING:
     )
     from affectfpn.inference.draw import draw
     from affectfpn.models import AffectFPN, AffectFPNOutput
-    from affectfpn.registry import ModelInfo, get_model_info, list_models
+    from affectfpn.models.registry import ModelInfo, get_model_info, list_models
     from affectfpn.video import FramePrediction, analyze_video, predict_video
 
 _LAZY: dict[str, str] = {
     "AffectFPN": "affectfpn.models",
     "AffectFPNOutput": "affectfpn.models",
     "AffectFPNConfig": "affectfpn.config",
-    "ModelInfo": "affectfpn.registry",
-    "get_model_info": "affectfpn.registry",
-    "list_models": "affectfpn.registry",
+    "ModelInfo": "affectfpn.models.registry",
+    "get_model_info": "affectfpn.models.registry",
+    "list_models": "affectfpn.models.registry",
     "ActionUnits": "affectfpn.inference",
     "Expression": "affectfpn.inference",
     "FacePrediction": "affectfpn.inference",

@@ -1,4 +1,7 @@
-"""Device selection shared by inference and training."""
+"""Device and mixed-precision choices shared by inference, evaluation and training."""
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
@@ -35,3 +38,28 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     ):
         raise ConfigError(f"device {device!r} asked for, but MPS is not available; use 'cpu'")
     return dev
+
+
+def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``device``, or ``None`` for float32: the one AMP policy.
+
+    ``"auto"``: on CUDA only, bfloat16 where the GPU supports it, else float16. ``"on"``: the
+    same on CUDA, and also bfloat16 on the CPU and float16 elsewhere (MPS). ``"off"``: none.
+    ``"fp16"`` / ``"bf16"``: that dtype on any device.
+    """
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
+    """``torch.autocast`` at ``dtype`` on ``device``; nothing when ``dtype`` is ``None``."""
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -30,7 +29,7 @@ from typing import Any, TypeAlias
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from affectfpn._device import resolve_device
+from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import DatasetError, InputError
@@ -262,8 +261,8 @@ class EvaluationReport:
 
 def _read_exclude(exclude: ExcludeSpec) -> list[str]:
     """Normalised relative paths from a list, or from a text file of them."""
-    from affectfpn.recipes._data_common import normalize_relpath
-    from affectfpn.recipes.datasets import read_path_list
+    from affectfpn.data import read_path_list
+    from affectfpn.data.common import normalize_relpath
 
     if isinstance(exclude, str | os.PathLike):
         path = Path(exclude)
@@ -314,7 +313,7 @@ def build_eval_dataset(
         InputError: a path that does not exist or is not one of the kinds above.
         DatasetError: malformed data (from the dataset classes).
     """
-    from affectfpn.recipes.datasets import AffWild2MultiTask, ImageFolderExpressions, LabelCSV
+    from affectfpn.data import AffWild2MultiTask, ImageFolderExpressions, LabelCSV
 
     path = Path(spec)
     transform = eval_transform(config)
@@ -406,7 +405,7 @@ def _exclude_by_key(dataset: Dataset[dict[str, Any]], exclude: Sequence[str]) ->
 
 def _describe(dataset: Dataset[Any]) -> str:
     """A one-line description of a dataset for the report."""
-    from affectfpn.recipes.datasets import (
+    from affectfpn.data import (
         AffWild2,
         AffWild2MultiTask,
         ImageFolderExpressions,
@@ -512,18 +511,6 @@ def _check_args(batch_size: int, num_workers: int, au_threshold: float) -> None:
         raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
     if not isinstance(au_threshold, int | float) or not 0.0 < float(au_threshold) < 1.0:
         raise InputError(f"au_threshold must be a probability in (0, 1), got {au_threshold!r}")
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _batches(
@@ -643,7 +630,7 @@ def evaluate(
         raise InputError(f"dataset {description} has no samples to evaluate")
 
     dev = resolve_device(device)
-    amp = _amp_dtype(dev)
+    amp = amp_dtype(dev)
     align = _align(config)
     meter_tasks = [t for t in config.tasks if t != "au" or align.unit_names]
     meter = (
@@ -678,7 +665,7 @@ def evaluate(
             for batch in _batches(loader, n_total, progress):
                 images = _check_images(batch.get("image"), config)
                 images = images.to(dev, non_blocking=True)
-                with _autocast(dev, amp):
+                with autocast(dev, amp):
                     out = model(normalize(images, config))
                 seen += int(images.shape[0])
                 for task, n in _labelled_counts(batch).items():

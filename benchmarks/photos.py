@@ -46,7 +46,7 @@ from torch import nn
 
 import affectfpn.inference.predictor as predictor_module
 from affectfpn.inference import Predictor, get_detector
-from affectfpn.inference._io import list_images, load_image
+from affectfpn.io import list_images, load_image
 
 STAGES = ("decode", "detect", "align", "model")
 

@@ -41,8 +41,8 @@ from _common import verdict as floor_verdict
 from PIL import Image
 
 from affectfpn import predict
-from affectfpn.inference._io import list_images, load_image
 from affectfpn.inference.predictor import Predictor
+from affectfpn.io import list_images, load_image
 from affectfpn.preprocess import normalize, resize_face
 
 FLOOR = 0.8

@@ -51,7 +51,7 @@ from _common import (
 )
 from PIL import Image
 
-from affectfpn.inference._io import list_images
+from affectfpn.io import list_images
 from affectfpn.preprocess import pil_to_tensor, resize_face
 from affectfpn.recipes.augment import BatchAugment
 from affectfpn.recipes.recipe import load_recipe, model_from_recipe

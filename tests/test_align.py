@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from affectfpn.errors import InputError
-from affectfpn.inference._io import load_image
 from affectfpn.inference.align import (
     ARCFACE_TEMPLATE_112,
     DEFAULT_ALIGN_MARGIN,
@@ -19,6 +18,7 @@ from affectfpn.inference.align import (
     similarity_transform,
 )
 from affectfpn.inference.detectors import Detection, YuNetDetector
+from affectfpn.io import load_image
 
 COLOURS = np.array(
     [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255]], dtype=np.uint8

@@ -23,10 +23,11 @@ from _drawn import outline_changed
 from hubserver import LocalHub, set_hf_offline
 from PIL import Image
 
-from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo, registry
+from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo
 from affectfpn.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, main
 from affectfpn.inference import detectors
 from affectfpn.inference.results import table_columns
+from affectfpn.models import registry
 
 COMMANDS = ("predict", "video", "evaluate", "train", "export", "models", "download")
 
@@ -318,12 +319,12 @@ def test_usage_errors_exit_2_with_one_line(
 def test_internal_errors_hide_the_traceback_unless_verbose(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import affectfpn.cli as cli
+    from affectfpn.cli import models
 
     def broken(args: object) -> int:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli, "_cmd_models", broken)
+    monkeypatch.setattr(models, "run", broken)
     code, _, err = _run(capsys, "models")
     assert code == EXIT_INTERNAL
     _assert_one_error_line(err, "internal error", "RuntimeError: boom", "--verbose")

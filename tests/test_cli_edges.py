@@ -27,7 +27,7 @@ from PIL import Image
 from affectfpn import AffectFPN, AffectFPNConfig
 from affectfpn.cli import EXIT_ERROR, EXIT_OK, main
 from affectfpn.errors import InputError
-from affectfpn.inference._io import iter_sources, load_image
+from affectfpn.io import iter_sources, load_image
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -449,7 +449,7 @@ def test_offline_hub_detector_error_names_the_flags(
     ],
 )
 def test_cli_words_rewrites_python_keywords(library: str, cli: str) -> None:
-    from affectfpn.cli import _cli_words
+    from affectfpn.cli._common import _cli_words
 
     assert _cli_words(library) == cli
 

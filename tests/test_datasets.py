@@ -21,9 +21,9 @@ from _fake_data import (
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from affectfpn.data import images as _data_images
 from affectfpn.errors import DatasetError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
-from affectfpn.recipes import _data_images
 from affectfpn.recipes.datasets import (
     AffectNet,
     AffWild2,

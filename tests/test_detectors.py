@@ -13,7 +13,6 @@ from hubserver import LocalHub, set_hf_offline
 
 from affectfpn.errors import AffectFPNError, ConfigError, InputError, OfflineError, WeightsError
 from affectfpn.inference import detectors
-from affectfpn.inference._io import load_image
 from affectfpn.inference.detectors import (
     YUNET_ENV,
     YUNET_FILENAME,
@@ -25,6 +24,7 @@ from affectfpn.inference.detectors import (
     download_yunet,
     get_detector,
 )
+from affectfpn.io import load_image
 
 
 @pytest.fixture(autouse=True)

@@ -745,6 +745,7 @@ def test_agreement_command(
 
 
 def test_the_standalone_script_reads_the_same_image_endings_as_the_datasets() -> None:
-    from affectfpn.recipes import _data_common, blendshapes
+    from affectfpn.data import common as _data_common
+    from affectfpn.recipes import blendshapes
 
     assert blendshapes.IMAGE_EXTENSIONS == _data_common.IMAGE_EXTENSIONS

@@ -30,7 +30,7 @@ from PIL import Image
 from affectfpn import AffectFPN, AffectFPNConfig
 from affectfpn.errors import InputError
 from affectfpn.inference import ImagePrediction, Predictor, YuNetDetector, predict, predict_iter
-from affectfpn.inference._io import iter_sources, load_image
+from affectfpn.io import iter_sources, load_image
 
 # Damaged files make Pillow warn (e.g. "Corrupt EXIF data") before it succeeds or fails.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")

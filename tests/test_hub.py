@@ -18,10 +18,10 @@ from affectfpn import (
     ModelInfo,
     OfflineError,
     WeightsError,
-    registry,
 )
 from affectfpn._version import __version__
 from affectfpn.labels import EXPRESSIONS
+from affectfpn.models import registry
 
 FILES = ("config.json", "model.safetensors")
 

@@ -1,4 +1,4 @@
-"""Tests of image loading (affectfpn.inference._io): every input kind, colour mode and bad file."""
+"""Tests of image loading (affectfpn.io): every input kind, colour mode and bad file."""
 
 import dataclasses
 import io
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from affectfpn.errors import InputError
-from affectfpn.inference._io import (
+from affectfpn.io import (
     LoadedImage,
     array_to_rgb,
     is_image_path,
@@ -499,7 +499,7 @@ def test_jpeg_decoding_matches_pillow_pixel_for_pixel(kind: str) -> None:
 
 
 def test_only_complete_plain_jpegs_take_the_opencv_path() -> None:
-    from affectfpn.inference._io import _plain_jpeg_header
+    from affectfpn.io import _plain_jpeg_header
 
     jpegs = _jpegs()
     assert _plain_jpeg_header(jpegs["colour 4:2:0"]) == (53, 37)

@@ -27,12 +27,12 @@ from affectfpn import (
     WeightsError,
     get_model_info,
     list_models,
-    registry,
 )
-from affectfpn._hub import download
-from affectfpn._zoo import embedded_models
 from affectfpn.config import BACKBONE_CHANNELS, NECKS
 from affectfpn.labels import EXPRESSIONS, TASKS
+from affectfpn.models import registry
+from affectfpn.models.hub import download
+from affectfpn.models.registry import embedded_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"

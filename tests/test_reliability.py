@@ -38,13 +38,15 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import affectfpn
-from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo, registry
-from affectfpn._hub import load_state_dict_strict, read_safetensors
+from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo
+from affectfpn import io as _io
+from affectfpn.data.common import decode_images, open_rgb
 from affectfpn.errors import ConfigError, DatasetError, InputError, WeightsError
-from affectfpn.inference import Detection, ImagePrediction, Predictor, _io, predict, predict_iter
-from affectfpn.inference._io import load_image
+from affectfpn.inference import Detection, ImagePrediction, Predictor, predict, predict_iter
+from affectfpn.io import load_image
+from affectfpn.models import registry
 from affectfpn.models.affectfpn import AffectFPNOutput
-from affectfpn.recipes._data_common import decode_images, open_rgb
+from affectfpn.models.hub import load_state_dict_strict, read_safetensors
 from affectfpn.recipes.datasets import AffectNet, AffWild2, ExpW, LabelCSV, read_path_list
 from affectfpn.recipes.trainer import Trainer, TrainSettings, training_finished
 
@@ -353,7 +355,7 @@ def test_data_bit_flips_are_not_detected_by_the_format_but_by_sha256(
         assert len(changed) == 1, f"a flip of bit {bit} at byte {at} changed {changed}"
         silent += 1
         with pytest.raises(WeightsError, match="sha256"):  # what embedded models are checked by
-            affectfpn._hub._verify_sha256(
+            affectfpn.models.hub._verify_sha256(
                 path, hashlib.sha256(data).hexdigest(), what="embedded model"
             )
     assert silent > 0  # a changed weight loads: only a checksum can tell

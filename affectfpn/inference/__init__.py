@@ -5,7 +5,6 @@ The entry points are :func:`predict` (also :meth:`affectfpn.AffectFPN.predict`),
 across calls.
 """
 
-from affectfpn.inference._io import load_image
 from affectfpn.inference.align import align_face
 from affectfpn.inference.detectors import (
     Detection,
@@ -26,6 +25,7 @@ from affectfpn.inference.results import (
     to_rows,
     write_csv,
 )
+from affectfpn.io import load_image
 
 __all__ = [
     "ActionUnits",

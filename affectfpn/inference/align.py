@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 
 from affectfpn.errors import InputError
-from affectfpn.inference._io import array_to_rgb
 from affectfpn.inference.detectors import Detection
+from affectfpn.io import array_to_rgb
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from affectfpn.errors import AffectFPNError, ConfigError, InputError, OfflineError, WeightsError
-from affectfpn.inference._io import array_to_rgb
+from affectfpn.io import array_to_rgb
 
 __all__ = [
     "YUNET_ENV",
@@ -336,7 +336,7 @@ def download_yunet() -> Path:
         f"use the embedded YuNet (detector='yunet', the default), {_YUNET_FIX}, or run "
         "`affectfpn download --hub-detector` once while online"
     )
-    from affectfpn._hub import hub_unreachable
+    from affectfpn._network import hub_unreachable
 
     reason = hub_unreachable()
     if reason is not None:
@@ -456,7 +456,7 @@ class YuNetDetector:
 
         Args:
             rgb: ``H x W x 3`` ``uint8`` RGB image (grey, RGBA and other arrays that
-                :func:`~affectfpn.inference._io.array_to_rgb` accepts are converted).
+                :func:`~affectfpn.io.array_to_rgb` accepts are converted).
 
         Returns:
             Detections in ``rgb``'s pixel coordinates, best score first; boxes are clipped to

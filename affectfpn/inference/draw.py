@@ -51,7 +51,7 @@ def _to_rgb_array(image: ImageLike) -> np.ndarray:
     """Return a new, writable, contiguous H x W x 3 uint8 RGB copy of ``image``."""
     if isinstance(image, (str, os.PathLike)):
         # The same safe loader as predict: format allow-list, pixel limit, EXIF orientation.
-        from affectfpn.inference._io import load_image
+        from affectfpn.io import load_image
 
         return np.array(load_image(image).rgb, dtype=np.uint8, order="C", copy=True)
     if isinstance(image, Image.Image):

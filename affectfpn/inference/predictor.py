@@ -2,7 +2,7 @@
 
 The pipeline, per input image:
 
-1. decode it to RGB ``uint8`` (:func:`~affectfpn.inference._io.load_image`: paths, bytes, PIL
+1. decode it to RGB ``uint8`` (:func:`~affectfpn.io.load_image`: paths, bytes, PIL
    images, numpy arrays, torch tensors, ...);
 2. ``faces="detect"``: find every face with a detector and align each one at the model's
    ``config.input_size`` (:func:`~affectfpn.inference.align.align_face`: on the 5 landmarks when
@@ -43,10 +43,9 @@ from torch import nn
 from tqdm import tqdm
 from typing_extensions import Unpack
 
-from affectfpn._device import resolve_device
+from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, InputError
-from affectfpn.inference._io import is_image_path, iter_sources, list_images, load_image
 from affectfpn.inference.align import align_face
 from affectfpn.inference.detectors import (
     Detection,
@@ -62,6 +61,7 @@ from affectfpn.inference.results import (
     ImagePrediction,
     ValenceArousal,
 )
+from affectfpn.io import has_glob_chars, is_image_path, iter_sources, list_images, load_image
 from affectfpn.preprocess import normalize, resize_face
 
 __all__ = ["FACE_MODES", "ON_ERROR", "Predictor", "predict", "predict_iter"]
@@ -73,7 +73,6 @@ FACE_MODES: tuple[str, ...] = ("detect", "crop")
 #: Values of the ``on_error=`` option.
 ON_ERROR: tuple[str, ...] = ("raise", "skip")
 
-_GLOB_CHARS = ("*", "?", "[")
 # Serialises the one-time preparation of a model (device move, channels_last) across threads.
 _MODEL_LOCK = threading.Lock()
 
@@ -183,7 +182,7 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 
 def _is_glob(text: str) -> bool:
-    return not Path(text).expanduser().exists() and any(ch in text for ch in _GLOB_CHARS)
+    return not Path(text).expanduser().exists() and has_glob_chars(text)
 
 
 def _is_single(inputs: object) -> bool:
@@ -381,19 +380,13 @@ class Predictor:
         workers = _default_workers(self.device) if num_workers is None else num_workers
         self.num_workers = _check_positive_int("num_workers", workers, low=0)
         use_amp = self.device.type == "cuda" if amp is None else bool(amp)
-        self.amp_dtype: torch.dtype | None = None
         if not isinstance(compile_model, bool):
             raise ConfigError(f"compile_model must be True or False, got {compile_model!r}")
         # compiled lazily: torch.compile only wraps here, the first call compiles
         self._forward: Callable[[torch.Tensor], Any] = (
             torch.compile(self.model, dynamic=True) if compile_model else self.model
         )
-        if use_amp:
-            if self.device.type == "cuda":
-                bf16 = torch.cuda.is_bf16_supported()
-                self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-            else:
-                self.amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        self.amp_dtype: torch.dtype | None = amp_dtype(self.device, "on" if use_amp else "off")
         self._channels_last = _wants_channels_last(self.device)
         self._pin = self.device.type == "cuda"
 
@@ -564,9 +557,7 @@ class Predictor:
         queue.clear()
 
     def _autocast(self) -> AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _run_batch(self, faces: list[tuple[_Pending, int]]) -> None:
         if not faces:

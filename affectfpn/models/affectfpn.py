@@ -174,7 +174,7 @@ class AffectFPN(nn.Module):
             dtype: Store floating-point tensors at this precision (e.g. ``torch.float16`` halves
                 the file); they are cast back to the model's precision on loading.
         """
-        from affectfpn._hub import save_pretrained
+        from affectfpn.models.hub import save_pretrained
 
         if not safe_serialization:
             raise ConfigError("affectfpn writes safetensors only (safe_serialization=True)")
@@ -206,7 +206,7 @@ class AffectFPN(nn.Module):
         Loading is strict: a missing or unexpected tensor raises
         :class:`~affectfpn.errors.WeightsError` listing them. The model is returned in eval mode.
         """
-        from affectfpn._hub import load_pretrained
+        from affectfpn.models.hub import load_pretrained
 
         model = load_pretrained(
             cls,
@@ -233,7 +233,7 @@ class AffectFPN(nn.Module):
         commit_message: str = "Upload affectfpn model",
     ) -> str:
         """Save this model with its card and upload it to a Hub repo; returns the commit id."""
-        from affectfpn._hub import push_to_hub
+        from affectfpn.models.hub import push_to_hub
 
         return push_to_hub(
             self,

@@ -52,10 +52,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from affectfpn.data.common import NUM_AUS, iter_csv, where
+from affectfpn.data.pseudo import LabelTable, dataset_keys, dataset_label_arrays
 from affectfpn.errors import ConfigError, DatasetError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
-from affectfpn.recipes._data_common import NUM_AUS, iter_csv, where
-from affectfpn.recipes._data_pseudo import LabelTable, dataset_keys, dataset_label_arrays
 from affectfpn.recipes.blendshapes import BLENDSHAPE_NAMES, CSV_COLUMNS, DEFAULT_PAD, DEFAULT_SIZE
 
 if TYPE_CHECKING:

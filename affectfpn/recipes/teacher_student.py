@@ -83,7 +83,7 @@ from affectfpn.recipes.datasets import (
     dataset_keys,
     dataset_label_arrays,
 )
-from affectfpn.recipes.recipe import (
+from affectfpn.recipes.stage import (
     Recipe,
     build_datasets,
     check_stage_tables,

@@ -25,7 +25,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from affectfpn._device import resolve_device
+from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn.errors import AffectFPNError, ConfigError
 from affectfpn.labels import ACTION_UNITS, TASKS
 from affectfpn.metrics import MultiTaskMeter
@@ -403,7 +403,7 @@ class Trainer:
         #: DataLoader worker processes: ``num_workers``, where "auto" is the cores this process
         #: may use (at most 8), as many as PyTorch suggests.
         self.loader_workers = resolve_workers(s.num_workers)
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype = amp_dtype(self.device, self.settings.amp)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda"
         )
@@ -425,20 +425,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup helpers
-    def _amp_dtype(self) -> torch.dtype | None:
-        amp = self.settings.amp
-        if amp == "off" or (amp == "auto" and self.device.type != "cuda"):
-            return None
-        if amp == "fp16":
-            return torch.float16
-        if amp == "bf16":
-            return torch.bfloat16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
     def _autocast(self) -> AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         s = self.settings

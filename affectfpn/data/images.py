@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from affectfpn.errors import ConfigError, DatasetError
-from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
-from affectfpn.recipes._data_common import (
+from affectfpn.data.common import (
     IMAGE_EXTENSIONS,
     NUM_AUS,
     NUM_EXPRESSIONS,
@@ -37,6 +35,8 @@ from affectfpn.recipes._data_common import (
     resolve_inside,
     where,
 )
+from affectfpn.errors import ConfigError, DatasetError
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 
 logger = logging.getLogger("affectfpn.recipes.datasets")
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from affectfpn._video_types import FramePrediction, VideoInfo
 from affectfpn.errors import InputError
 from affectfpn.inference.results import (
     ActionUnits,
@@ -16,6 +15,7 @@ from affectfpn.inference.results import (
     FacePrediction,
     ValenceArousal,
 )
+from affectfpn.video.types import FramePrediction, VideoInfo
 
 __all__ = ["VideoResult", "main_face"]
 

@@ -19,8 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from affectfpn._video_types import VideoInfo
 from affectfpn.errors import ConfigError, InputError
+from affectfpn.video.types import VideoInfo
 
 __all__ = ["CaptureLike", "Frame", "VideoReader", "is_capture"]
 

@@ -17,12 +17,12 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
-from affectfpn._video_result import VideoResult, main_face
-from affectfpn._video_types import FramePrediction
 from affectfpn.errors import AffectFPNError, InputError, require_extra
 from affectfpn.inference.draw import draw
 from affectfpn.inference.results import table_columns, to_rows
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
+from affectfpn.video.result import VideoResult, main_face
+from affectfpn.video.types import FramePrediction
 
 __all__ = [
     "ABAW2_DEFAULTS",

@@ -13,9 +13,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from affectfpn._video_types import FramePrediction
 from affectfpn.errors import ConfigError, InputError
 from affectfpn.inference.results import ActionUnits, Expression, FacePrediction, ValenceArousal
+from affectfpn.video.types import FramePrediction
 
 __all__ = ["SMOOTHING", "check_smoothing", "smooth_pairs"]
 

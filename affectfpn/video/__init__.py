@@ -82,12 +82,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from affectfpn._video_reader import CaptureLike, VideoReader
-from affectfpn._video_result import Collector, VideoResult, main_face
-from affectfpn._video_smooth import SMOOTHING, check_smoothing, smooth_pairs
-from affectfpn._video_tracker import FaceTracker
-from affectfpn._video_types import FramePrediction, VideoInfo
-from affectfpn._video_writers import (
+from affectfpn.errors import ConfigError, InputError
+from affectfpn.inference.detectors import FaceDetector
+from affectfpn.inference.predictor import Predictor
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
+from affectfpn.video.reader import CaptureLike, VideoReader
+from affectfpn.video.result import Collector, VideoResult, main_face
+from affectfpn.video.smooth import SMOOTHING, check_smoothing, smooth_pairs
+from affectfpn.video.tracker import FaceTracker
+from affectfpn.video.types import FramePrediction, VideoInfo
+from affectfpn.video.writers import (
     ABAW2_DEFAULTS,
     ABAW2_HEADERS,
     ABAW2_TASK_DIRS,
@@ -99,10 +103,6 @@ from affectfpn._video_writers import (
     plot_va,
     video_table_columns,
 )
-from affectfpn.errors import ConfigError, InputError
-from affectfpn.inference.detectors import FaceDetector
-from affectfpn.inference.predictor import Predictor
-from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 
 __all__ = [
     "ABAW2_DEFAULTS",

@@ -13,9 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from affectfpn.errors import ConfigError, DatasetError
-from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
-from affectfpn.recipes._data_common import (
+from affectfpn.data.common import (
     NUM_AUS,
     NUM_EXPRESSIONS,
     LabelArrays,
@@ -31,6 +29,8 @@ from affectfpn.recipes._data_common import (
     parse_float,
     where,
 )
+from affectfpn.errors import ConfigError, DatasetError
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 
 logger = logging.getLogger("affectfpn.recipes.datasets")
 

@@ -44,17 +44,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from affectfpn.errors import InputError
 
 __all__ = [
+    "DECODE_ERRORS",
+    "GLOB_CHARS",
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "VIDEO_EXTENSIONS",
     "LoadedImage",
     "array_to_rgb",
+    "has_glob_chars",
     "is_image_path",
     "is_still_image_file",
     "is_video_path",
     "iter_sources",
     "list_images",
     "load_image",
+    "looks_like_video",
+    "open_formats",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,10 +85,11 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 #: this value says.
 MAX_IMAGE_PIXELS: int = 89_478_485
 
-_GLOB_CHARS = ("*", "?", "[")
+#: Characters that make a path a glob pattern (when no file has that name).
+GLOB_CHARS = ("*", "?", "[")
 _URL_PREFIXES = ("http://", "https://", "ftp://", "s3://", "gs://")
 # What Pillow raises on data it cannot decode (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError)
 # Pillow formats never decoded: their plugins hand the file to another interpreter (EPS: the
 # Ghostscript program runs the file's PostScript; WMF/EMF: Windows replays the metafile's drawing
 # calls). An input may come from anyone, and nothing it holds is run.
@@ -116,7 +122,7 @@ class LoadedImage:
         ):
             raise InputError(
                 f"{self.source}: LoadedImage.rgb must be a C-contiguous H x W x 3 uint8 array; "
-                "build it with affectfpn.inference._io.load_image()"
+                "build it with affectfpn.io.load_image()"
             )
 
     @property
@@ -152,6 +158,11 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return Path(os.fspath(path)).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def has_glob_chars(text: str) -> bool:
+    """Whether ``text`` holds a glob wildcard (``*``, ``?`` or ``[``)."""
+    return any(ch in text for ch in GLOB_CHARS)
+
+
 def is_video_path(path: str | os.PathLike[str]) -> bool:
     """Return whether ``path`` has a common video file extension (``VIDEO_EXTENSIONS``).
 
@@ -171,7 +182,7 @@ _VIDEO_BRANDS = frozenset(
 )  # fmt: skip
 
 
-def _looks_like_video(data: bytes) -> bool:
+def looks_like_video(data: bytes) -> bool:
     """Whether the first bytes of a file are those of a common video container."""
     if len(data) >= 12 and data[4:8] == b"ftyp":  # MP4, MOV, 3GP
         return data[8:12] in _VIDEO_BRANDS
@@ -331,7 +342,7 @@ def _expand_path(obj: str | os.PathLike[Any], recursive: bool) -> Iterator[tuple
         for f in files:
             name = str(f)
             yield name, name
-    elif not path.exists() and any(ch in text for ch in _GLOB_CHARS):
+    elif not path.exists() and has_glob_chars(text):
         pattern = os.path.expanduser(text)
         matches = sorted(
             m
@@ -448,7 +459,7 @@ _COMMON_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 _formats_cache: tuple[int, list[str]] = (-1, [])
 
 
-def _open_formats() -> list[str]:
+def open_formats() -> list[str]:
     """Every format Pillow can open (plugins registered later included), less the refused."""
     global _formats_cache
     Image.init()  # loads Pillow's plugins once; a no-op afterwards
@@ -586,7 +597,7 @@ def _decode_bytes(data: bytes, source: str, limit: int | None) -> np.ndarray:
 
 def _open_and_decode(data: bytes, source: str, limit: int | None) -> np.ndarray:
     try:
-        image = Image.open(io.BytesIO(data), formats=_open_formats())
+        image = Image.open(io.BytesIO(data), formats=open_formats())
     # The warning is ignored here (see _pillow_bomb_warning_ignored); caught anyway, in case a
     # filter that turns it into an error comes first: Pillow then stops at the header.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -596,7 +607,7 @@ def _open_and_decode(data: bytes, source: str, limit: int | None) -> np.ndarray:
             "file, downscale it first",
         ) from exc
     except UnidentifiedImageError as exc:
-        if is_video_path(source) or _looks_like_video(data[:64]):
+        if is_video_path(source) or looks_like_video(data[:64]):
             raise _fail(
                 source,
                 "a video file, not an image; read it with affectfpn.video.predict_video() or "
@@ -607,7 +618,7 @@ def _open_and_decode(data: bytes, source: str, limit: int | None) -> np.ndarray:
             "not an image file Pillow can read (unknown or unsupported format); check that it "
             "is a JPEG, PNG, BMP, WebP, TIFF or GIF image",
         ) from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise _fail(source, f"corrupt image header ({exc}); re-export the file") from exc
     with image:
         return _pil_image_to_rgb(image, source, limit)
@@ -625,7 +636,7 @@ def _pil_image_to_rgb(image: Image.Image, source: str, limit: int | None) -> np.
         image.load()
     except Image.DecompressionBombError as exc:
         raise _fail(source, f"refused as a possible decompression bomb ({exc})") from exc
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise _fail(
             source,
             f"the image data is truncated or corrupt ({exc}); re-export or re-download it",

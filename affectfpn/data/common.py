@@ -1,6 +1,6 @@
-"""Shared pieces of the training datasets: label arrays, the sample dict, safe paths, images.
+"""Shared pieces of the datasets: label arrays, the sample dict, safe paths, images.
 
-Not public API: :mod:`affectfpn.recipes.datasets` re-exports what users need.
+:mod:`affectfpn.data` (and :mod:`affectfpn.recipes.datasets`) re-export what users need.
 """
 
 import csv
@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from affectfpn.errors import ConfigError, DatasetError
-from affectfpn.inference._io import _DECODE_ERRORS, _open_formats
+from affectfpn.io import DECODE_ERRORS, open_formats
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 
 logger = logging.getLogger("affectfpn.recipes.datasets")
@@ -35,7 +35,7 @@ OnMissing = Literal["skip", "error"]
 NUM_EXPRESSIONS = len(EXPRESSIONS)
 NUM_AUS = len(ACTION_UNITS)
 #: What Pillow raises on a damaged or oversized image file (the warning under ``-W error``).
-_IMAGE_ERRORS = (*_DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning)
+_IMAGE_ERRORS = (*DECODE_ERRORS, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 #: Lower-case expression names and synonyms (folder names, CSV cells) -> EXPRESSIONS index.
 EXPRESSION_SYNONYMS: dict[str, int] = {
@@ -398,7 +398,7 @@ class ToUint8Tensor:
 def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
     """Open an image file as an RGB PIL image, or raise :class:`DatasetError` naming the file."""
     try:
-        with Image.open(path, formats=_open_formats()) as im:  # never EPS: see _open_formats
+        with Image.open(path, formats=open_formats()) as im:  # never EPS: see open_formats
             im.load()
             return im.convert("RGB")
     except _IMAGE_ERRORS as exc:
@@ -438,7 +438,7 @@ def _decode_one(path: str) -> np.ndarray:
     except cv2.error:  # a header OpenCV rejects (e.g. a damaged size): let PIL say what is wrong
         array = None
     if array is None:  # a format OpenCV does not read: fall back to PIL
-        with Image.open(path, formats=_open_formats()) as im:
+        with Image.open(path, formats=open_formats()) as im:
             im.load()
             keep = im.mode if im.mode in ("L", "RGB") else "RGB"
             return np.asarray(im.convert(keep), dtype=np.uint8)

@@ -11,9 +11,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from affectfpn.errors import ConfigError, DatasetError
-from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS, VA_NAMES
-from affectfpn.recipes._data_common import (
+from affectfpn.data.common import (
     NUM_AUS,
     AffectDataset,
     LabelArrays,
@@ -24,6 +22,8 @@ from affectfpn.recipes._data_common import (
     real_dir,
     where,
 )
+from affectfpn.errors import ConfigError, DatasetError
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS, VA_NAMES
 
 logger = logging.getLogger("affectfpn.recipes.datasets")
 

@@ -1,0 +1,419 @@
+"""What the command line's commands share: the parser classes, option groups, logging set-up and
+small helpers for inputs and outputs."""
+
+import argparse
+import contextlib
+import glob
+import logging
+import os
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO, TypeVar
+
+from affectfpn.errors import InputError, WeightsError
+
+logger = logging.getLogger("affectfpn.cli")
+_Num = TypeVar("_Num", int, float)
+
+PROG = "affectfpn"
+#: Exit status of a successful run.
+EXIT_OK = 0
+#: Exit status of an error the user can fix (AffectFPNError, OSError).
+EXIT_ERROR = 1
+#: Exit status of a usage error (argparse).
+EXIT_USAGE = 2
+#: Exit status of an unexpected exception (a bug).
+EXIT_INTERNAL = 3
+#: Exit status after Ctrl-C.
+EXIT_INTERRUPTED = 130
+
+_FORMATS = ("csv", "json", "table")
+
+
+#: Adds one subcommand's parser (see :func:`affectfpn.cli.app.build_parser`).
+Command = Callable[..., argparse.ArgumentParser]
+
+
+# ------------------------------------------------------------------------------------ parsing
+class _UsageError(Exception):
+    """A command-line mistake found by argparse or by a command (exit status 2)."""
+
+    def __init__(self, message: str, command: str | None = None) -> None:
+        super().__init__(message)
+        self.command = command
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`_UsageError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog[len(PROG) :].strip() or None
+        raise _UsageError(message, command)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples in epilogs as written; shows defaults where they are set."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+def _epilog(*examples: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in examples)
+
+
+def _bounded(
+    kind: Callable[[str], _Num], accept: Callable[[_Num], bool], requirement: str, noun: str
+) -> Callable[[str], _Num]:
+    """An argparse ``type``: parse with ``kind``, then refuse values that ``accept`` rejects."""
+
+    def parse(text: str) -> _Num:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _bounded(int, lambda v: v >= 1, "must be at least 1", "an integer")
+_frame_index = _bounded(int, lambda v: v >= 0, "must be >= 0", "a frame index")
+_positive_float = _bounded(float, lambda v: v > 0, "must be > 0", "a number")
+_probability = _bounded(float, lambda v: 0.0 < v < 1.0, "must be between 0 and 1", "a number")
+
+
+def _common_parents() -> dict[str, _Parser]:
+    """Option groups shared by several subcommands (argparse ``parents``)."""
+    verbosity = _Parser(add_help=False)
+    group = verbosity.add_argument_group("output control")
+    # SUPPRESS: a flag given before the subcommand is not reset by the subcommand's default.
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="show info messages (-vv: debug messages and tracebacks)",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars and no messages except errors: only results",
+    )
+
+    model = _Parser(add_help=False)
+    group = model.add_argument_group("model")
+    group.add_argument(
+        "-m",
+        "--model",
+        metavar="NAME|DIR|REPO",
+        help="a registered model name (see 'affectfpn models'), a folder with config.json and "
+        "model.safetensors, or a Hugging Face Hub repo id (default: the embedded default model)",
+    )
+    group.add_argument("--revision", help="Hub branch, tag or commit of --model")
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:N, mps or auto (default: auto = CUDA, then MPS, then CPU)",
+    )
+
+    faces = _Parser(add_help=False)
+    group = faces.add_argument_group("faces")
+    group.add_argument(
+        "--faces",
+        choices=("detect", "crop"),
+        default="detect",
+        help="detect: find, align and predict every face (default); crop: every image already "
+        "is one face crop (e.g. Aff-Wild2 cropped_aligned), no detector",
+    )
+    group.add_argument(
+        "--detector",
+        default="auto",
+        metavar="NAME|FILE",
+        help="face detector: auto (the embedded YuNet; Haar only where OpenCV cannot run YuNet), "
+        "yunet, yunet-hub (the Hub's pinned YuNet, downloaded once), haar, or a YuNet .onnx "
+        "file (default: auto)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        metavar="N",
+        help="faces per forward pass (default: 32)",
+    )
+    group.add_argument(
+        "--au-threshold",
+        type=_probability,
+        default=0.5,
+        metavar="P",
+        help="an action unit is active from this probability (default: 0.5)",
+    )
+    return {"verbosity": verbosity, "model": model, "faces": faces}
+
+
+# ------------------------------------------------------------------------------------ helpers
+class _LevelFormatter(logging.Formatter):
+    def __init__(self, with_names: bool) -> None:
+        super().__init__()
+        self.with_names = with_names
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            message = _cli_words(message)
+        if record.exc_info and self.with_names:
+            message += "\n" + self.formatException(record.exc_info)
+        where = f"[{record.name}] " if self.with_names else ""
+        return f"{PROG}: {record.levelname.lower()}: {where}{message}"
+
+
+@contextlib.contextmanager
+def _logging(verbose: int, quiet: bool, default: int) -> Iterator[None]:
+    """Route the ``affectfpn`` loggers to stderr at the level the flags ask for."""
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    elif quiet:
+        level = logging.ERROR
+    else:
+        level = default
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter(with_names=verbose > 0))
+    root = logging.getLogger("affectfpn")
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    hf_bars: Any = None
+    if quiet:
+        with contextlib.suppress(ImportError):
+            from huggingface_hub.utils import (
+                are_progress_bars_disabled,
+                disable_progress_bars,
+                enable_progress_bars,
+            )
+
+            if not are_progress_bars_disabled():
+                disable_progress_bars()
+                hf_bars = enable_progress_bars
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        if hf_bars is not None:
+            hf_bars()
+
+
+def _note(args: argparse.Namespace, message: str) -> None:
+    """A short note for the user on stderr (not a result), unless ``--quiet``."""
+    if not args.quiet:
+        print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _os_message(err: OSError) -> str:
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err) or type(err).__name__
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """The model that ``--model`` / ``--revision`` / ``--device`` name, in eval mode."""
+    from affectfpn.models import AffectFPN, registry
+
+    name = args.model
+    if name is None:
+        try:
+            registry.default_model_name()
+        except WeightsError:
+            raise WeightsError(
+                "no default model is registered in this affectfpn build: pass --model with a "
+                "registered name (see 'affectfpn models'), a model folder or a Hub repo id"
+            ) from None
+    model = AffectFPN.from_pretrained(name, revision=args.revision, device=args.device)
+    logger.info("model %s loaded (%s)", model.name_or_path, ", ".join(model.config.tasks))
+    return model
+
+
+def _quiet_opencv(verbose: int) -> None:
+    """Silence OpenCV's own (C++) warnings on stderr unless ``--verbose``."""
+    if verbose:
+        return
+    import cv2
+
+    with contextlib.suppress(AttributeError, cv2.error):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def _check_inputs(inputs: Sequence[str]) -> None:
+    """Fail early (before loading a model) on paths that do not exist or globs with no match."""
+    from affectfpn.io import has_glob_chars, is_video_path, looks_like_video
+
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_file() and (is_video_path(path) or looks_like_video(_head(path))):
+            raise InputError(
+                f"{text}: a video file, not an image; use 'affectfpn video {shlex.quote(text)}'"
+            )
+        if path.exists():
+            continue
+        if has_glob_chars(text):
+            if not glob.glob(os.path.expanduser(text), recursive=True):
+                raise InputError(f"{text}: the pattern matches no file")
+            continue
+        raise InputError(f"{text}: no such file or directory")
+
+
+def _head(path: Path, size: int = 64) -> bytes:
+    """The first bytes of a file (empty when it cannot be read: reading it reports why)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""
+
+
+def _output_format(choice: str | None, output: str | None) -> str:
+    if choice is not None:
+        return choice
+    if output is not None:
+        suffix = Path(output).suffix.lower()
+        return {".json": "json", ".txt": "table"}.get(suffix, "csv")
+    return "table" if sys.stdout.isatty() else "csv"
+
+
+@contextlib.contextmanager
+def _open_output(path: str | None) -> Iterator[TextIO]:
+    """stdout, or a file written through a temporary file that replaces ``path`` on success
+    (so a failed run leaves no half-written table behind)."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            yield handle
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int]) -> str:
+    """Columns padded to their widest cell; columns in ``numeric`` right-aligned."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(header), *(line(r) for r in rows)]) + "\n"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+# ------------------------------------------------------------------------------------ words
+#: Library messages name keyword arguments (``recursive=True``, ``detector='yunet'``): right for
+#: Python users, wrong on the command line. These rewrites, applied to the errors and warnings
+#: the CLI prints, name its flags instead (the library's messages are unchanged).
+_CLI_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"\brecursive=True\b", "-r (--recursive)"),
+        (r"\bon_error=(['\"])skip\1", "--skip-errors"),
+        (
+            r"if you trust the file, pass a larger max_pixels= or downscale it first",
+            "if you trust the file, downscale it first",
+        ),
+        (
+            r"pass detector=(['\"])(?P<file>[^'\"]*)\1 to predict \(--detector FILE on the "
+            r"command line, YuNetDetector\(model_path=\.\.\.\) in code\)",
+            r"pass --detector \g<file>",
+        ),
+        (r"\bmodel_path=None for the embedded one", "--detector yunet for the embedded one"),
+        (
+            r"pass cascade_path= to a copy of it, or use the YuNet detector",
+            "use the YuNet detector (--detector yunet)",
+        ),
+        (
+            r"; pass cascade_path= to an OpenCV cascade XML such as \S+",
+            "; use the YuNet detector (--detector yunet)",
+        ),
+        (r"\(a private repo needs token=\)", "(a private repo needs a token: set HF_TOKEN)"),
+        (r"\band pass token=", "and set HF_TOKEN"),
+        (
+            r", (a path to a YuNet \.onnx file), or an object with a detect\(rgb\) -> "
+            r"list\[Detection\] method",
+            r", or \1",
+        ),
+        (
+            r"read it with affectfpn\.video\.predict_video\(\) or analyze_video\(\) "
+            r"\('affectfpn video' on the command line\)",
+            "use 'affectfpn video' for it",
+        ),
+    )
+)
+#: Keyword arguments and the flags that set them.
+_CLI_FLAGS = {
+    "faces": "--faces",
+    "detector": "--detector",
+    "batch_size": "--batch-size",
+    "au_threshold": "--au-threshold",
+    "device": "--device",
+    "revision": "--revision",
+    "every_n": "--every-n",
+    "target_fps": "--target-fps",
+    "start": "--start",
+    "end": "--end",
+    "smoothing": "--smoothing",
+    "exclude": "--exclude",
+    "num_workers": "--num-workers",
+    "opset": "--opset",
+}
+_NAMES = "|".join(sorted(_CLI_FLAGS, key=len, reverse=True))
+# name=value, not inside a path or a frame name ("clip.mp4#frame=3", "/data/end=1/x.png");
+# the value is a quoted string, a number, True, False or None.
+_KEYWORD_VALUE = re.compile(
+    rf"(?<![\w.#/=-])(?P<name>{_NAMES})="
+    r"(?:'(?P<single>[^']*)'|\"(?P<double>[^\"]*)\"|(?P<plain>-?\d+(?:\.\d+)?|True|False|None))"
+    r"(?=[\s,;:)]|$)"
+)
+# A bare keyword name in "batch_size must be ...": only names with an underscore, which
+# English does not use.
+_KEYWORD_NAME = re.compile(
+    rf"(?<![\w.#/=-])(?P<name>{'|'.join(n for n in _CLI_FLAGS if '_' in n)})(?=[\s,;:)]|$)"
+)
+
+
+def _cli_words(message: str) -> str:
+    """``message`` with keyword arguments replaced by the command line's flags."""
+    for pattern, replacement in _CLI_PHRASES:
+        message = pattern.sub(replacement, message)
+
+    def flag_value(match: re.Match[str]) -> str:
+        value = next(v for v in match.group("single", "double", "plain") if v is not None)
+        return f"{_CLI_FLAGS[match.group('name')]} {value}"
+
+    message = _KEYWORD_VALUE.sub(flag_value, message)
+    return _KEYWORD_NAME.sub(lambda m: _CLI_FLAGS[m.group("name")], message)

@@ -1,0 +1,350 @@
+"""One training run (a stage) described by a recipe's tables: checking them, building the
+datasets and the model, and training.
+
+A ``kind = "train"`` recipe is one such stage; a ``kind = "teacher-student"`` recipe
+(:mod:`affectfpn.recipes.teacher_student`) runs several. :mod:`affectfpn.recipes.recipe` loads
+recipe files and re-exports these names.
+"""
+
+import copy
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from affectfpn.config import AffectFPNConfig
+from affectfpn.errors import ConfigError
+
+logger = logging.getLogger("affectfpn.recipes.recipe")
+
+MODEL_EXTRA_KEYS: tuple[str, ...] = ("init", "backbone_weights")
+#: Keys of ``[card]`` (see :meth:`affectfpn.AffectFPN.save_pretrained`).
+CARD_KEYS: tuple[str, ...] = (
+    "name",
+    "description",
+    "license",
+    "datasets",
+    "recipe",
+    "training",
+    "limitations",
+    "metrics",
+    "repo_id",
+)
+#: Keys of ``[data]``.
+DATA_KEYS: tuple[str, ...] = ("train", "val")
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe file.
+
+    Attributes:
+        path: The file it was read from (``None`` when built from a dict).
+        name: The run's name (default: the file's stem).
+        kind: ``"train"`` or ``"teacher-student"``.
+        output_dir: Where the run writes (default: ``runs/<name>``).
+        data: The whole recipe after overrides and ``${VAR}`` expansion.
+        tables: ``data`` without ``name``, ``kind`` and ``output_dir``.
+    """
+
+    path: Path | None
+    name: str
+    kind: str
+    output_dir: Path
+    data: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+
+    def table(self, name: str) -> dict[str, Any]:
+        """A copy of one top-level table (empty when the recipe lacks it)."""
+        value = self.tables.get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{self.source}: [{name}] must be a table")
+        return copy.deepcopy(dict(value))
+
+    @property
+    def source(self) -> str:
+        """How error messages name this recipe."""
+        return str(self.path) if self.path else f"recipe {self.name!r}"
+
+
+def check_stage_tables(tables: Mapping[str, Any], *, source: str) -> None:
+    """Check the ``model``, ``data``, ``augment``, ``train`` and ``card`` tables of one stage.
+
+    Every key must be known and every value valid (datasets are not opened here).
+
+    Raises:
+        ConfigError: naming the table and the setting at fault.
+    """
+    from affectfpn.recipes.augment import BatchAugment
+    from affectfpn.recipes.trainer import TrainSettings
+
+    for name in ("model", "data", "augment", "train", "card"):
+        value = tables.get(name, {})
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+    model = dict(tables.get("model", {}))
+    fields = [f.name for f in dataclasses.fields(AffectFPNConfig) if not f.name.startswith("_")]
+    _reject_unknown(model, [*fields, *MODEL_EXTRA_KEYS], f"{source} [model]")
+    config_keys = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
+    if "init" not in model:
+        AffectFPNConfig.from_dict(config_keys, source=f"{source} [model]")
+    elif config_keys:
+        # The pretrained configuration is not read here; check each value as the run will
+        # (on the default configuration, so that a value's type and range are the same).
+        AffectFPNConfig.from_dict(
+            {**AffectFPNConfig().to_dict(), **config_keys}, source=f"{source} [model]"
+        )
+    TrainSettings.from_dict(tables.get("train", {}), source=f"{source} [train]")
+    augment = dict(tables.get("augment", {}))
+    _reject_unknown(
+        augment, [f.name for f in dataclasses.fields(BatchAugment)], f"{source} [augment]"
+    )
+    try:
+        BatchAugment(**augment)
+    except TypeError as err:
+        raise ConfigError(f"{source} [augment]: {err}") from None
+    _reject_unknown(dict(tables.get("card", {})), CARD_KEYS, f"{source} [card]")
+    data = dict(tables.get("data", {}))
+    _reject_unknown(data, DATA_KEYS, f"{source} [data]")
+    for split in DATA_KEYS:
+        for spec in _spec_list(data.get(split), f"{source} [data.{split}]"):
+            _check_spec(spec, f"{source} [data.{split}]")
+
+
+def _reject_unknown(table: Mapping[str, Any], known: Sequence[str], source: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}; known: {sorted(known)}")
+
+
+def _spec_list(specs: Any, source: str) -> list[Mapping[str, Any]]:
+    if specs is None:
+        return []
+    if isinstance(specs, Mapping):
+        return [specs]
+    if isinstance(specs, list) and all(isinstance(s, Mapping) for s in specs):
+        return list(specs)
+    raise ConfigError(
+        f'{source}: a dataset must be a table such as {{ type = "imagefolder", root = "..." }}'
+        ", or a list of them"
+    )
+
+
+def _check_spec(spec: Mapping[str, Any], source: str) -> None:
+    kind = spec.get("type")
+    if kind not in dataset_types():
+        raise ConfigError(
+            f"{source}: dataset type {kind!r} is not one of {sorted(dataset_types())}"
+        )
+    if "transform" in spec:
+        raise ConfigError(f"{source}: 'transform' is set by the recipe, not in a dataset table")
+
+
+# ------------------------------------------------------------------------------------ data
+def dataset_types() -> dict[str, Any]:
+    """The dataset ``type`` names a recipe may use, and their classes."""
+    from affectfpn.recipes import datasets as ds
+
+    return {
+        "imagefolder": ds.ImageFolderExpressions,
+        "csv": ds.LabelCSV,
+        "affwild2": ds.AffWild2,
+        "affwild2-multitask": ds.AffWild2MultiTask,
+        "affectnet": ds.AffectNet,
+        "expw": ds.ExpW,
+    }
+
+
+def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Dataset[Any]:
+    """Build one dataset from a recipe's spec: ``{type = "...", ...arguments}``.
+
+    Types: ``imagefolder``, ``csv``, ``affwild2``, ``affwild2-multitask``, ``affectnet``,
+    ``expw``. ``pseudo_labels = "table.csv"`` (a :class:`~affectfpn.recipes.datasets.LabelTable`
+    file, e.g. an external teacher's) fills the labels a sample lacks from that table, matched by
+    key (a real label wins). The remaining keys are the dataset class's keyword arguments.
+    """
+    builders = dataset_types()
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{source}: a dataset must be a table with a 'type'")
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    pseudo = spec.pop("pseudo_labels", None)
+    if kind not in builders:
+        raise ConfigError(f"{source}: dataset type {kind!r} is not one of {sorted(builders)}")
+    try:
+        dataset: Dataset[Any] = builders[kind](**spec, transform=transform)
+    except TypeError as err:
+        raise ConfigError(f"{source}: bad arguments for a {kind} dataset ({err})") from None
+    if pseudo is not None:
+        # Labels from a teacher (a pseudo-label table written by the teacher-student pipeline
+        # or by affectfpn.recipes.external_teachers), matched by key; real labels win.
+        from affectfpn.recipes.datasets import LabelTable, WithPseudoLabels
+
+        path = Path(str(pseudo)).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"{source}: pseudo_labels {str(path)!r} is no file: write the table first (see "
+                "docs/action-units.md) or fix the path"
+            )
+        dataset = WithPseudoLabels(dataset, LabelTable.load(path))
+    return dataset
+
+
+def build_datasets(specs: Any, *, transform: Any, source: str) -> Dataset[Any] | None:
+    """Build and concatenate a list of dataset specs (``None`` for an empty list).
+
+    Several specs become a :class:`~affectfpn.recipes.datasets.MixedDataset` whose keys are
+    prefixed with ``"<position>-<type>:"``, so that parts can never collide.
+    """
+    specs = _spec_list(specs, source)
+    parts = [build_dataset(s, transform=transform, source=source) for s in specs]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    from affectfpn.recipes.datasets import MixedDataset
+
+    names = [f"{i}-{dict(s).get('type', 'data')}" for i, s in enumerate(specs)]
+    return MixedDataset(parts, names=names)
+
+
+# ------------------------------------------------------------------------------------ running
+def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> Any:
+    """The model a recipe starts from: ``[model] init = ...`` or a fresh one from its config.
+
+    With ``init`` (a registered model name, a folder or a Hub repo id), the other ``[model]``
+    values change the pretrained configuration (for instance ``tasks``); every tensor whose name
+    and shape still match is kept, the others (new heads) are initialised afresh, and heads of
+    tasks that were dropped are left out. ``backbone_weights`` (``"imagenet"`` or a file; ``""``
+    or ``"none"`` for none) initialises the backbone of a fresh model and is ignored with
+    ``init``.
+    """
+    from affectfpn.models.affectfpn import AffectFPN
+    from affectfpn.recipes.trainer import TrainSettings, seed_everything
+
+    # Seed first: the fresh weights (a new model, or the new heads of a fine-tuned one) are the
+    # first random numbers a run draws, so that two runs of one recipe are the same run.
+    train = recipe.table("train")
+    seed_everything(int(train.get("seed", TrainSettings.seed)))
+    table = recipe.table("model")
+    init = table.pop("init", None)
+    backbone_weights = table.pop("backbone_weights", None)
+    if isinstance(backbone_weights, str) and backbone_weights.lower() in ("", "none"):
+        backbone_weights = None
+    if tasks is not None:
+        table["tasks"] = list(tasks)
+    fields = {f.name for f in dataclasses.fields(AffectFPNConfig) if not f.name.startswith("_")}
+    _reject_unknown(table, sorted(fields), f"{recipe.source} [model]")
+    if init is not None:
+        if backbone_weights is not None:
+            logger.info("[model] init is set: backbone_weights %r is not used", backbone_weights)
+        model = AffectFPN.from_pretrained(str(init))
+        if table:
+            # Fine-tuning may change the tasks (new heads) or other settings.
+            try:
+                wanted = model.config.replace(**table)
+            except TypeError as err:
+                raise ConfigError(f"{recipe.source} [model]: {err}") from None
+            except ConfigError as err:
+                raise ConfigError(f"{recipe.source} [model]: {err}") from None
+            if wanted != model.config:
+                fresh = AffectFPN(wanted)
+                own = fresh.state_dict()
+                shared = {
+                    k: v
+                    for k, v in model.state_dict().items()
+                    if k in own and own[k].shape == v.shape
+                }
+                fresh.load_state_dict(shared, strict=False)
+                new = sorted(set(own) - set(shared))
+                if any(not k.startswith("heads.") for k in new):
+                    logger.warning(
+                        "started from %s: %d tensors outside the heads do not match the new "
+                        "[model] settings and were initialised afresh: %s",
+                        init,
+                        sum(not k.startswith("heads.") for k in new),
+                        ", ".join(k for k in new if not k.startswith("heads."))[:300],
+                    )
+                logger.info(
+                    "started from %s; initialised afresh: %s", init, ", ".join(new) or "nothing"
+                )
+                model = fresh
+        return model.train()
+    config = AffectFPNConfig.from_dict(table, source=f"{recipe.source} [model]")
+    return AffectFPN(config, backbone_weights=backbone_weights)
+
+
+def train_from_recipe(
+    recipe: Recipe,
+    *,
+    output_dir: str | Path | None = None,
+    tasks: Sequence[str] | None = None,
+    train_set: Dataset[Any] | None = None,
+    val_set: Dataset[Any] | None = None,
+    model: Any | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Run a ``kind = "train"`` recipe (or one stage of a larger one). Returns the summary.
+
+    Args:
+        recipe: The recipe.
+        output_dir: Where to write (default: the recipe's ``output_dir``).
+        tasks: Train a model with these tasks instead of ``[model] tasks``.
+        train_set: Use this training set instead of ``[data] train``.
+        val_set: Use this validation set instead of ``[data] val``.
+        model: Train this model instead of the one ``[model]`` describes.
+        resume: Continue from the output folder's ``last.pt`` if there is one.
+
+    Returns:
+        :meth:`~affectfpn.recipes.trainer.Trainer.fit`'s summary.
+    """
+    from affectfpn.preprocess import eval_transform
+    from affectfpn.recipes.augment import BatchAugment
+    from affectfpn.recipes.trainer import Trainer, TrainSettings
+
+    settings = TrainSettings.from_dict(recipe.table("train"), source=f"{recipe.source} [train]")
+    if model is None:
+        model = model_from_recipe(recipe, tasks=tasks)
+    data = recipe.table("data")
+    try:
+        augment = BatchAugment(**recipe.table("augment"))
+    except TypeError as err:
+        raise ConfigError(f"{recipe.source} [augment]: {err}") from None
+    if train_set is None:
+        train_set = build_datasets(
+            data.get("train"),
+            transform=eval_transform(model.config),
+            source=f"{recipe.source} [data.train]",
+        )
+    if train_set is None:
+        raise ConfigError(f"{recipe.source}: [data] train lists no dataset")
+    if val_set is None:
+        val_set = build_datasets(
+            data.get("val"),
+            transform=eval_transform(model.config),
+            source=f"{recipe.source} [data.val]",
+        )
+    out = Path(output_dir) if output_dir is not None else recipe.output_dir
+    card = recipe.table("card")
+    card.setdefault("name", recipe.name)
+    if recipe.path is not None:
+        card.setdefault("recipe", str(recipe.path))
+    logger.info("training %s on %d samples -> %s", recipe.name, len(train_set), out)  # type: ignore[arg-type]
+    trainer = Trainer(
+        model,
+        train_set,
+        val_set=val_set,
+        settings=settings,
+        output_dir=out,
+        model_card=card,
+        augment=augment,
+    )
+    if trainer.dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.json").write_text(json.dumps(recipe.data, indent=2), encoding="utf-8")
+    return trainer.fit(resume=resume)
