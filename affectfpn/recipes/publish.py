@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from affectfpn._hub import WEIGHTS_NAME
-from affectfpn._zoo import INFO_NAME
 from affectfpn.errors import AffectFPNError, ConfigError
 from affectfpn.models.affectfpn import AffectFPN
+from affectfpn.models.hub import WEIGHTS_NAME
+from affectfpn.models.registry import INFO_NAME
 
 logger = logging.getLogger(__name__)
 
