@@ -493,3 +493,13 @@ def test_write_csv_streams_a_generator() -> None:
     _, cells = read_back(buffer.getvalue())
     assert [c["success"] for c in cells] == ["0", "1", "0", "1"]
     assert [c["face_id"] for c in cells] == ["-1", "0", "-1", "0"]
+
+
+def test_expression_and_action_units_print_as_a_person_reads_them() -> None:
+    from affectfpn.inference.results import ActionUnits, Expression
+
+    expression = Expression.from_probabilities([0.1, 0, 0, 0, 0.9, 0, 0], EXPRESSIONS)
+    assert str(expression) == "Happiness 0.90"
+    aus = ActionUnits.from_probabilities([0.2, 0.7, 0.9], ("AU1", "AU12", "AU26"))
+    assert str(aus) == "AU12 AU26"
+    assert str(ActionUnits.from_probabilities([0.1], ("AU1",))) == "no active AU"

@@ -412,6 +412,10 @@ class ActionUnits:
     def __hash__(self) -> int:
         return hash((tuple(self.probabilities.items()), self.threshold))
 
+    def __str__(self) -> str:
+        """The active AUs, e.g. ``AU12 AU26``, or ``no active AU``."""
+        return " ".join(self.active) or "no active AU"
+
     def __reduce__(self) -> tuple[Any, ...]:
         # MappingProxyType cannot be pickled: rebuild from a plain dict.
         return (type(self), (dict(self.probabilities), self.threshold))

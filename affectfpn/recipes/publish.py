@@ -107,7 +107,8 @@ def publish(
         au_teachers: ``(label, image folder, teacher table, exclude file or None)``: the AU
             outputs scored against an external teacher's pseudo-label table
             (:func:`~affectfpn.recipes.external_teachers.student_agreement`): per unit the ROC
-            AUC and the agreement, and each unit's active share per expression.
+            AUC and the agreement go into the registry entry; the whole report (with each
+            unit's active share per expression) into ``evaluation.json``.
     """
     from affectfpn.evaluation import evaluate
 
@@ -136,10 +137,6 @@ def publish(
                 value = values.get(key)
                 if isinstance(value, int | float) and math.isfinite(value):
                     figures[f"{unit}_{key}_vs_teacher"] = round(float(value), 5)
-        for unit, shares in agreement["student_active"].items():
-            for expression, share in shares.items():
-                if isinstance(share, int | float) and math.isfinite(share):  # no face: no share
-                    figures[f"{unit}_active_{expression.lower()}"] = round(float(share), 5)
         metrics[label] = figures
         samples[label] = int(agreement["num_faces"])
         reports[label] = agreement
