@@ -493,6 +493,22 @@ def iter_csv(path: str | os.PathLike[str]) -> Iterator[tuple[int, list[str]]]:
             raise DatasetError(f"{where(path, start)}: malformed CSV: {exc}") from exc
 
 
+def csv_with_header(
+    path: str | os.PathLike[str], *, empty: str
+) -> tuple[Iterator[tuple[int, list[str]]], int, list[str]]:
+    """Open a CSV file whose first row is a header: ``(rows after it, its line, its names)``.
+
+    The names are stripped of surrounding spaces. A file with no row at all raises
+    :class:`DatasetError` ``"<file>:1: <empty>"``.
+    """
+    rows = iter_csv(path)
+    first = next(rows, None)
+    if first is None:
+        raise DatasetError(f"{where(path, 1)}: {empty}")
+    header_line, header = first
+    return rows, header_line, [c.strip() for c in header]
+
+
 def parse_float(text: str, *, column: str, file: str | os.PathLike[str], line: int) -> float:
     """Parse a number cell or raise :class:`DatasetError` naming the file, line and column."""
     try:

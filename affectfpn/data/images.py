@@ -23,6 +23,7 @@ from affectfpn.data.common import (
     check_entry_inside,
     check_on_missing,
     crop_box,
+    csv_with_header,
     decode_images,
     expression_from_name,
     finish_missing,
@@ -607,12 +608,9 @@ class LabelCSV(AffectDataset):
         self.root = Path(root) if root is not None else file.parent
         real_root = real_dir(self.root, "LabelCSV root")
 
-        rows = iter_csv(file)
-        first = next(rows, None)
-        if first is None:
-            raise DatasetError(f"{where(file, 1)}: empty CSV (expected a header with 'path')")
-        header_line, header = first
-        names = [c.strip() for c in header]
+        rows, header_line, names = csv_with_header(
+            file, empty="empty CSV (expected a header with 'path')"
+        )
         lower = [n.lower() for n in names]
         if "path" not in lower:
             raise DatasetError(f"{where(file, header_line)}: no 'path' column in header {names}")

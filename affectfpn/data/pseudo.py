@@ -22,9 +22,9 @@ from affectfpn.data.common import (
     Sample,
     au_column_index,
     check_columns,
+    csv_with_header,
     expression_from_name,
     format_counts,
-    iter_csv,
     label_counts,
     parse_float,
     where,
@@ -491,12 +491,7 @@ class LabelTable:
 
     @classmethod
     def _load_csv(cls, path: Path) -> "LabelTable":
-        rows = iter_csv(path)
-        first = next(rows, None)
-        if first is None:
-            raise DatasetError(f"{where(path, 1)}: empty label table")
-        header_line, header = first
-        names = [c.strip() for c in header]
+        rows, header_line, names = csv_with_header(path, empty="empty label table")
         lower = [n.lower() for n in names]
         if "key" not in lower:
             raise DatasetError(f"{where(path, header_line)}: no 'key' column in {names}")

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from affectfpn.data.common import NUM_AUS, iter_csv, where
+from affectfpn.data.common import NUM_AUS, csv_with_header, where
 from affectfpn.data.pseudo import LabelTable, dataset_keys, dataset_label_arrays
 from affectfpn.errors import ConfigError, DatasetError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
@@ -193,12 +193,7 @@ def read_blendshape_csv(path: str | os.PathLike[str]) -> BlendshapeScores:
         DatasetError: a missing column, a repeated key, or a score outside [0, 1] (file and
             line named).
     """
-    rows = iter_csv(path)
-    first = next(rows, None)
-    if first is None:
-        raise DatasetError(f"{where(path, 1)}: empty blendshape CSV")
-    header_line, header = first
-    names = [c.strip() for c in header]
+    rows, header_line, names = csv_with_header(path, empty="empty blendshape CSV")
     missing = [c for c in CSV_COLUMNS if c not in names]
     if missing:
         raise DatasetError(f"{where(path, header_line)}: missing column(s) {missing}")
@@ -565,12 +560,7 @@ def openface_table(
         DatasetError: a missing ``frame`` column, no AU column, a repeated key or a bad cell.
     """
     path = Path(csv_path)
-    rows = iter_csv(path)
-    first = next(rows, None)
-    if first is None:
-        raise DatasetError(f"{where(path, 1)}: empty OpenFace CSV")
-    header_line, header = first
-    names = [c.strip() for c in header]
+    rows, header_line, names = csv_with_header(path, empty="empty OpenFace CSV")
     if "frame" not in names:
         raise DatasetError(f"{where(path, header_line)}: no 'frame' column: not OpenFace output")
     c_frame = names.index("frame")
