@@ -4,9 +4,9 @@ This file is also a standalone script, meant to run in a separate environment th
 ``mediapipe`` (which pulls ``opencv-contrib-python``, so it is kept out of affectfpn's own
 environment)::
 
-    python3 -m venv /work/mpvenv
-    /work/mpvenv/bin/pip install mediapipe==1.2.3 pillow numpy
-    /work/mpvenv/bin/python affectfpn/recipes/blendshapes.py \\
+    python3 -m venv .mpvenv
+    .mpvenv/bin/pip install mediapipe==1.2.3 pillow numpy
+    .mpvenv/bin/python affectfpn/recipes/blendshapes.py \\
         --model ../shared/models/mediapipe/face_landmarker.task \\
         --root ../shared/data/fer2013/val --out val-blendshapes.csv
 

@@ -20,7 +20,7 @@ does not measure, and every unit of a face the teacher did not find, is masked (
 Command line (``python -m affectfpn.recipes.external_teachers --help``)::
 
     python -m affectfpn.recipes.external_teachers blendshapes --root ../shared/data/fer2013/val \\
-        --out runs/au-pseudo/blendshapes-val.csv --python /work/mpvenv/bin/python
+        --out runs/au-pseudo/blendshapes-val.csv --python .mpvenv/bin/python
     python -m affectfpn.recipes.external_teachers table \\
         --scores runs/au-pseudo/blendshapes-val.csv --out runs/au-pseudo/val.csv
     python -m affectfpn.recipes.external_teachers evaluate \\
@@ -106,7 +106,7 @@ def run_blendshape_teacher(
     * ``dataset``: any affectfpn image dataset (``keys`` and ``image_path(i)``);
     * ``files``: ``{key: image path}``.
 
-    ``python_executable`` must have ``mediapipe`` (e.g. ``/work/mpvenv/bin/python``, see
+    ``python_executable`` must have ``mediapipe`` (e.g. ``.mpvenv/bin/python``, see
     ``docs/action-units.md``); it runs ``affectfpn/recipes/blendshapes.py`` by path. The CSV
     columns are :data:`~affectfpn.recipes.blendshapes.CSV_COLUMNS`.
 
