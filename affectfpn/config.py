@@ -18,6 +18,7 @@ from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 #: Backbones the model can be built on, with the channels of their C2..C5 outputs.
 BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (64, 128, 256, 512),
+    "resnet18_half": (32, 64, 128, 256),
     "resnet34": (64, 128, 256, 512),
     "resnet50": (256, 512, 1024, 2048),
     "resnet101": (256, 512, 1024, 2048),

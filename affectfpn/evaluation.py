@@ -35,10 +35,16 @@ from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import DatasetError, InputError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 from affectfpn.metrics import AUMeter, ExpressionMeter, MultiTaskMeter
-from affectfpn.models.affectfpn import AffectFPN
+from affectfpn.models.affectfpn import AffectFPN, AffectFPNOutput
 from affectfpn.preprocess import eval_transform, normalize
 
-__all__ = ["REPORT_FORMAT_VERSION", "EvaluationReport", "build_eval_dataset", "evaluate"]
+__all__ = [
+    "REPORT_FORMAT_VERSION",
+    "EvaluationReport",
+    "build_eval_dataset",
+    "evaluate",
+    "model_outputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -644,39 +650,26 @@ def evaluate(
         if meter_tasks
         else None
     )
-    loader = DataLoader(
-        data,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=dev.type == "cuda",
-    )
-
-    first = next(model.parameters(), None)
-    home = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
     labelled = dict.fromkeys(TASKS, 0)
     seen = 0
-    start = end = 0.0
-    try:
-        model.to(dev).eval()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for batch in _batches(loader, n_total, progress):
-                images = _check_images(batch.get("image"), config)
-                images = images.to(dev, non_blocking=True)
-                with autocast(dev, amp):
-                    out = model(normalize(images, config))
-                seen += int(images.shape[0])
-                for task, n in _labelled_counts(batch).items():
-                    labelled[task] += n
-                if meter is not None:
-                    pred, target = _meter_inputs(out, batch, meter.tasks, align)
-                    meter.update(pred, target)
-        end = time.perf_counter()  # the meter read the last outputs back: the device is done
-    finally:
-        model.to(home)
-        model.train(was_training)
+    start = time.perf_counter()
+    outputs = model_outputs(
+        model,
+        data,
+        batch_size=batch_size,
+        device=dev,
+        num_workers=num_workers,
+        progress=progress,
+        total=n_total,
+    )
+    for batch, out in outputs:
+        seen += int(batch["image"].shape[0])
+        for task, n in _labelled_counts(batch).items():
+            labelled[task] += n
+        if meter is not None:
+            pred, target = _meter_inputs(out, batch, meter.tasks, align)
+            meter.update(pred, target)
+    end = time.perf_counter()  # the meter read the last outputs back: the device is done
     seconds = end - start
 
     metrics: dict[str, dict[str, Any]] = {}
@@ -726,6 +719,54 @@ def evaluate(
     if output is not None:
         report.to_json(output)
     return report
+
+
+def model_outputs(
+    model: AffectFPN,
+    data: Dataset[dict[str, Any]],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[tuple[dict[str, Any], AffectFPNOutput]]:
+    """Run ``model`` over a dataset of samples: ``(batch, output)`` for each batch, in order.
+
+    The one inference loop of evaluation, pseudo-labelling and distillation: uint8 images at the
+    model's input size (samples from :func:`affectfpn.preprocess.eval_transform`) are moved to
+    ``device``, normalised there and run under ``torch.inference_mode()`` with the package's AMP
+    policy (bfloat16, else float16 autocast on CUDA; none on the CPU). The model is in eval mode
+    on ``device`` while the iterator runs and goes back to its device and mode when it is
+    exhausted or closed. The batch is the collated samples, left on the CPU.
+
+    Raises:
+        InputError: samples without a ``3 x H x W`` image at the model's input size.
+    """
+    config = model.config
+    dev = resolve_device(device)
+    amp = amp_dtype(dev)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+    n = total if total is not None else len(data)  # type: ignore[arg-type]
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    was_training = model.training
+    try:
+        model.to(dev).eval()
+        for batch in _batches(loader, n, progress):
+            images = _check_images(batch.get("image"), config).to(dev, non_blocking=True)
+            with torch.inference_mode(), autocast(dev, amp):
+                out = model(normalize(images, config))
+            yield batch, out
+    finally:
+        model.to(home)
+        model.train(was_training)
 
 
 def _meter_inputs(

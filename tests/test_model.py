@@ -19,7 +19,7 @@ from affectfpn.errors import InputError, OfflineError, WeightsError
 from affectfpn.labels import TASKS
 from affectfpn.models._fpn import pooled_conv3x3
 
-LIGHT_BACKBONES = ("resnet18", "mobilenet_v2", "mobilenet_v3_large")
+LIGHT_BACKBONES = ("resnet18", "resnet18_half", "mobilenet_v2", "mobilenet_v3_large")
 #: The heavier backbones run for one task subset each (resnet34 has resnet18's blocks and widths,
 #: only more of them, and its construction alone costs as much as a whole resnet18 case).
 HEAVY_BACKBONES = {
@@ -568,3 +568,31 @@ def test_test_time_flip_averages_the_face_and_its_mirror_in_eval_mode_only() -> 
     torch.testing.assert_close(out_flip.expression, out_plain.expression)  # training: no flip
     with pytest.raises(ConfigError, match="test_time_flip"):
         AffectFPNConfig(test_time_flip=1)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ resnet18_half
+def test_resnet18_half_is_resnet18_at_half_width() -> None:
+    """Same blocks and strides as resnet18, half the channels: a quarter of the multiply-adds."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    half = AffectFPN(_tiny("resnet18_half", neck="none", input_size=(48, 48))).eval()
+    full = AffectFPN(_tiny("resnet18", neck="none", input_size=(48, 48))).eval()
+    x = torch.randn(1, 3, 48, 48)
+    maps = half.backbone(x)
+    assert [m.shape[1] for m in maps] == [32, 64, 128, 256]
+    assert [m.shape[-1] for m in maps] == [m.shape[-1] for m in full.backbone(x)]
+    flops = []
+    for model in (half, full):
+        with FlopCounterMode(display=False) as counter:
+            model.backbone(x)
+        flops.append(counter.get_total_flops())
+    assert 0.2 < flops[0] / flops[1] < 0.3
+    # Its state dict has resnet18's layout, so torchvision's names map onto it.
+    mapping = half.backbone.torchvision_key_map()
+    assert mapping["stages.1.0.conv1.weight"] == "layer1.0.conv1.weight"
+    assert mapping["stages.0.0.weight"] == "conv1.weight"
+
+
+def test_resnet18_half_has_no_imagenet_weights() -> None:
+    with pytest.raises(WeightsError, match="no ImageNet weights exist for resnet18_half"):
+        AffectFPN(_tiny("resnet18_half"), backbone_weights="imagenet")

@@ -701,14 +701,42 @@ class WithPseudoLabels(LabelledDataset):
             here has).
         table: the pseudo labels.
         real_label_wins: keep real labels over the table's.
+        distill_weight: knowledge distillation of expressions. With a weight ``w`` in (0, 1], a
+            sample that has both a real expression label and a soft one in the table (a teacher
+            ensemble's probabilities) learns from ``(1 - w) * one_hot(real) + w * teacher``;
+            cross-entropy against that blend is ``(1 - w)`` times the hard loss plus ``w``
+            times the distillation loss. The table must then be soft. ``None`` (the default)
+            fills missing labels only.
+
+    Raises:
+        ConfigError: ``distill_weight`` outside (0, 1], or given with a hard table.
     """
 
     def __init__(
-        self, dataset: Dataset[Sample], table: LabelTable, *, real_label_wins: bool = True
+        self,
+        dataset: Dataset[Sample],
+        table: LabelTable,
+        *,
+        real_label_wins: bool = True,
+        distill_weight: float | None = None,
     ) -> None:
+        if distill_weight is not None:
+            if isinstance(distill_weight, bool) or not (
+                isinstance(distill_weight, int | float) and 0 < distill_weight <= 1
+            ):
+                raise ConfigError(
+                    f"distill_weight must be a number in (0, 1] (the teacher's share of the "
+                    f"expression target), got {distill_weight!r}"
+                )
+            if not table.has_soft_expression:
+                raise ConfigError(
+                    "distill_weight needs a table of soft expression labels (probabilities), "
+                    "e.g. one written by affectfpn.recipes.teacher_student with expression='soft'"
+                )
         self.dataset = dataset
         self.table = table
         self.real_label_wins = real_label_wins
+        self.distill_weight = None if distill_weight is None else float(distill_weight)
         self.name = f"{getattr(dataset, 'name', 'dataset')}+pseudo"
         self._keys_cache = list(dataset_keys(dataset))
         base = dataset_label_arrays(dataset)
@@ -737,6 +765,14 @@ class WithPseudoLabels(LabelledDataset):
         if out.expression_soft is not None:
             out.expression_soft[rows[take]] = t.soft_or_onehot()[take]
         n_expr = int(take.sum())
+        n_distilled = 0
+        if self.distill_weight is not None and out.expression_soft is not None:
+            both = t.expression_mask & out.expression_mask[rows] & ~take
+            w = self.distill_weight
+            out.expression_soft[rows[both]] = (1.0 - w) * out.expression_soft[rows[both]] + w * (
+                t.soft_or_onehot()[both]
+            )
+            n_distilled = int(both.sum())
 
         take_au = t.au_mask & ~(out.au_mask[rows] & wins)
         r, c = np.nonzero(take_au)
@@ -746,15 +782,17 @@ class WithPseudoLabels(LabelledDataset):
         self._labels = out.clean()
         self._labels.validate()
         self.filled = {"va": n_va, "expression": n_expr, "au": n_au}
+        self.distilled = n_distilled
         logger.info(
             "%s: %d of %d samples have a table row; labels taken from the table: VA %d, "
-            "expression %d, AU (samples) %d",
+            "expression %d, AU (samples) %d; expressions distilled: %d",
             self.name,
             len(rows),
             len(self._keys_cache),
             n_va,
             n_expr,
             n_au,
+            n_distilled,
         )
 
     def __getitem__(self, index: int) -> Sample:

@@ -41,6 +41,52 @@ class FrozenBatchNorm2d(_TorchvisionFrozenBatchNorm2d):
         )
 
 
+#: Backbones of this package's own (no torchvision classifier, no ImageNet weights): name ->
+#: the ResNet-18 layout (two BasicBlocks per stage) at these stage widths.
+NARROW_RESNETS: dict[str, tuple[int, int, int, int]] = {"resnet18_half": (32, 64, 128, 256)}
+
+
+def _narrow_resnet(
+    widths: tuple[int, int, int, int], norm_layer: Callable[..., nn.Module]
+) -> list[nn.Module]:
+    """ResNet-18's stem and four stages at other widths (``resnet18_half``: half of each).
+
+    The same blocks and strides as torchvision's ``resnet18`` (7x7/2 convolution, 3x3/2 max
+    pool, two BasicBlocks per stage, strides 1, 2, 2, 2), so C2..C5 keep strides 4..32; a
+    quarter of the multiply-adds at half width. Initialised as torchvision initialises ResNets.
+    """
+    from torchvision.models.resnet import BasicBlock, conv1x1
+
+    stem = nn.Sequential(
+        nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False),
+        norm_layer(widths[0]),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+    stages: list[nn.Module] = [stem]
+    inplanes = widths[0]
+    for i, width in enumerate(widths):
+        stride = 1 if i == 0 else 2
+        downsample = None
+        if stride != 1 or inplanes != width:
+            downsample = nn.Sequential(conv1x1(inplanes, width, stride), norm_layer(width))
+        stages.append(
+            nn.Sequential(
+                BasicBlock(inplanes, width, stride, downsample, norm_layer=norm_layer),
+                BasicBlock(width, width, norm_layer=norm_layer),
+            )
+        )
+        inplanes = width
+    for stage in stages:
+        for m in stage.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    return stages
+
+
 class Backbone(nn.Module):
     """A torchvision classifier cut into five stages: a stem and the blocks ending at C2..C5.
 
@@ -64,7 +110,9 @@ class Backbone(nn.Module):
                 else functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
             )
         stages: list[nn.Module]
-        if name.startswith("resnet"):
+        if name in NARROW_RESNETS:
+            stages = _narrow_resnet(NARROW_RESNETS[name], norm_layer)
+        elif name.startswith("resnet"):
             net = getattr(torchvision.models, name)(weights=None, norm_layer=norm_layer)
             stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
             stages = [stem, net.layer1, net.layer2, net.layer3, net.layer4]
@@ -160,6 +208,11 @@ def load_backbone_weights(backbone: Backbone, weights: str | Path) -> None:
     ``torch.load(weights_only=True)`` (no code is executed).
     """
     if isinstance(weights, str) and weights.lower() == "imagenet":
+        if backbone.name in NARROW_RESNETS:
+            raise WeightsError(
+                f"no ImageNet weights exist for {backbone.name} (a backbone of affectfpn's own): "
+                "train it from scratch (backbone_weights=None) or pass a file of its own weights"
+            )
         state = _download_imagenet(backbone.name)
     else:
         path = Path(weights)

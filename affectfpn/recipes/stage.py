@@ -166,7 +166,10 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
     Types: ``imagefolder``, ``csv``, ``affwild2``, ``affwild2-multitask``, ``affectnet``,
     ``expw``. ``pseudo_labels = "table.csv"`` (a :class:`~affectfpn.recipes.datasets.LabelTable`
     file, e.g. an external teacher's) fills the labels a sample lacks from that table, matched by
-    key (a real label wins). The remaining keys are the dataset class's keyword arguments.
+    key (a real label wins). With ``distill_weight = w`` as well, a sample with a real expression
+    label learns from ``(1 - w) * real + w * table`` (knowledge distillation from the table's
+    soft expressions, e.g. an ensemble's). The remaining keys are the dataset class's keyword
+    arguments.
     """
     builders = dataset_types()
     if not isinstance(spec, Mapping):
@@ -174,6 +177,12 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
     spec = dict(spec)
     kind = spec.pop("type", None)
     pseudo = spec.pop("pseudo_labels", None)
+    distill_weight = spec.pop("distill_weight", None)
+    if distill_weight is not None and pseudo is None:
+        raise ConfigError(
+            f"{source}: distill_weight needs pseudo_labels = 'table.csv' (the teacher's soft "
+            "expression labels) in the same dataset"
+        )
     if kind not in builders:
         raise ConfigError(f"{source}: dataset type {kind!r} is not one of {sorted(builders)}")
     try:
@@ -191,7 +200,12 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
                 f"{source}: pseudo_labels {str(path)!r} is no file: write the table first (see "
                 "docs/action-units.md) or fix the path"
             )
-        dataset = WithPseudoLabels(dataset, LabelTable.load(path))
+        try:
+            dataset = WithPseudoLabels(
+                dataset, LabelTable.load(path), distill_weight=distill_weight
+            )
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     return dataset
 
 
