@@ -6,6 +6,7 @@ both resize with :func:`resize_face` and normalise with :func:`normalize`, so a 
 time exactly what it saw in training.
 """
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -39,12 +40,34 @@ def normalize(
     """Scale a uint8 (0..255) or float (0..1) ``N x 3 x H x W`` batch and normalise it.
 
     Runs on whatever device ``batch`` is on, so a uint8 batch can travel to the GPU first and be
-    normalised there (four times less to copy).
+    normalised there (four times less to copy). One fused multiply-add per element
+    (``x * scale + shift``, with ``scale = 1 / (255 std)`` for uint8); the result keeps the
+    batch's memory layout (channels_last stays channels_last).
     """
-    x = batch.to(dtype) / 255.0 if batch.dtype == torch.uint8 else batch.to(dtype)
-    mean = torch.tensor(config.mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    scale, shift = _affine(
+        tuple(config.mean), tuple(config.std), batch.dtype == torch.uint8, batch.device, dtype
+    )
+    return torch.addcmul(shift, batch.to(dtype), scale)
+
+
+@functools.lru_cache(maxsize=32)
+def _affine(
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    from_uint8: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale`` and ``shift`` (1 x 3 x 1 x 1) with ``(x / 255 - mean) / std = x scale + shift``."""
+    with torch.inference_mode(False):  # ordinary tensors, usable inside and outside that mode
+        m = torch.tensor(mean, dtype=torch.float64)
+        s = torch.tensor(std, dtype=torch.float64)
+        scale = 1.0 / (s * (255.0 if from_uint8 else 1.0))
+        shift = -m / s
+        return (
+            scale.to(device=device, dtype=dtype).view(1, -1, 1, 1),
+            shift.to(device=device, dtype=dtype).view(1, -1, 1, 1),
+        )
 
 
 class FaceToTensor:

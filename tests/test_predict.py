@@ -434,3 +434,50 @@ def test_compile_model_runs_every_batch_through_torch_compile(
     np.testing.assert_allclose(_values(compiled), _values(plain), atol=TOL)
     with pytest.raises(ConfigError, match="compile_model must be True or False"):
         predict(model, images, faces="crop", compile_model="yes")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ results of the model's own
+class _FixedDetector:
+    """Two faces per image, with scores and landmarks, wherever it is."""
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        h, w = image.shape[:2]
+        points = np.array([[10, 12], [20, 12], [15, 18], [11, 24], [19, 24]], dtype=np.float32)
+        return [
+            Detection(box=(2.0, 3.0, w / 2, h / 2), score=0.91, landmarks=points),
+            Detection(box=(w / 2, h / 2, w - 1.0, h - 1.0), score=0.55, landmarks=None),
+        ]
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_predicted_results_equal_checked_ones(model: AffectFPN, threshold: float) -> None:
+    """The predictor builds its results without the user-input checks: they must be the same
+    objects (equal, same hash, same types of values) as the checked constructors build."""
+    images = _random_images(3, size=(70, 90))
+    for faces, detector in (("crop", "auto"), ("detect", _FixedDetector())):
+        results = predict(
+            model,
+            images,
+            faces=faces,
+            detector=detector,
+            au_threshold=threshold,  # type: ignore[arg-type]
+        )
+        for image in results:
+            rebuilt = ImagePrediction.from_dict(image.to_dict())
+            assert rebuilt == image
+            assert hash(rebuilt.faces[0].expression) == hash(image.faces[0].expression)
+            for face, checked in zip(image, rebuilt, strict=True):
+                assert face.aus is not None
+                assert checked.aus is not None
+                assert face.aus.active == checked.aus.active
+                assert face.aus.threshold == threshold
+                assert all(type(v) is float for v in face.aus.probabilities.values())
+                assert face.expression is not None
+                assert face.expression.label == max(
+                    face.expression.probabilities, key=face.expression.probabilities.__getitem__
+                )
+                assert abs(sum(face.expression.probabilities.values()) - 1) < 1e-4
+                assert face.va is not None
+                assert all(-1 <= v <= 1 for v in face.va)
+                assert face.box is not None
+                assert all(type(v) is float for v in face.box)

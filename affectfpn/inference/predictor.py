@@ -60,6 +60,7 @@ from affectfpn.inference.results import (
     FacePrediction,
     ImagePrediction,
     ValenceArousal,
+    _trusted,
 )
 from affectfpn.io import has_glob_chars, is_image_path, iter_sources, list_images, load_image
 from affectfpn.preprocess import normalize, resize_face
@@ -107,9 +108,9 @@ class _Pending:
     """An image whose faces are (partly) waiting for the model."""
 
     prepared: _Prepared
-    va: list[np.ndarray | None] = field(default_factory=list)
-    expression: list[np.ndarray | None] = field(default_factory=list)
-    aus: list[np.ndarray | None] = field(default_factory=list)
+    va: list[list[float] | None] = field(default_factory=list)
+    expression: list[list[float] | None] = field(default_factory=list)
+    aus: list[list[float] | None] = field(default_factory=list)
     remaining: int = 0
 
 
@@ -584,38 +585,37 @@ class Predictor:
             finally:
                 if was_training:
                     model.train()
-            va = None if out.va is None else out.va.float().clamp(-1.0, 1.0).cpu().numpy()
+            # Python floats per face, as the results hold them (one conversion per batch).
+            va = None if out.va is None else out.va.float().clamp(-1.0, 1.0).cpu().tolist()
             expr = None if out.expression is None else out.expression.float().softmax(1)
-            aus = None if out.au is None else out.au.float().sigmoid()
-            expr_np = None if expr is None else expr.cpu().numpy()
-            aus_np = None if aus is None else aus.cpu().numpy()
+            aus = None if out.au is None else out.au.float().sigmoid().clamp(0.0, 1.0)
+            expr_rows = None if expr is None else expr.cpu().tolist()
+            au_rows = None if aus is None else aus.cpu().tolist()
         for row, (record, i) in enumerate(faces):
             record.va[i] = None if va is None else va[row]
-            record.expression[i] = None if expr_np is None else expr_np[row]
-            record.aus[i] = None if aus_np is None else aus_np[row]
+            record.expression[i] = None if expr_rows is None else expr_rows[row]
+            record.aus[i] = None if au_rows is None else au_rows[row]
             record.remaining -= 1
 
     def _finish(self, record: _Pending) -> ImagePrediction:
+        # The model's own outputs are valid by construction (softmax and sigmoid rows, clamped
+        # VA, float boxes): the results are built without the checks that guard user input.
         prepared = record.prepared
         faces = []
+        expressions = tuple(self.config.expressions)
+        units = tuple(self.config.action_units)
         for i in range(len(prepared.crops)):
             va_row, expr_row, au_row = record.va[i], record.expression[i], record.aus[i]
             va = (
                 None
                 if va_row is None
-                else ValenceArousal(valence=float(va_row[0]), arousal=float(va_row[1]))
+                else _trusted(ValenceArousal, valence=va_row[0], arousal=va_row[1])
             )
-            expression = (
-                None
-                if expr_row is None
-                else Expression.from_probabilities(expr_row, self.config.expressions)
-            )
+            expression = None if expr_row is None else Expression._from_model(expr_row, expressions)
             aus = (
                 None
                 if au_row is None
-                else ActionUnits.from_probabilities(
-                    np.clip(au_row, 0.0, 1.0), self.config.action_units, self.au_threshold
-                )
+                else ActionUnits._from_model(au_row, units, self.au_threshold)
             )
             if prepared.detections is None:
                 box = (0.0, 0.0, float(prepared.width), float(prepared.height))
@@ -623,7 +623,8 @@ class Predictor:
                 landmarks = None
             else:
                 detection = prepared.detections[i]
-                box = detection.box
+                x1, y1, x2, y2 = detection.box
+                box = (float(x1), float(y1), float(x2), float(y2))
                 score = float(detection.score)
                 landmarks = (
                     None
@@ -631,7 +632,8 @@ class Predictor:
                     else tuple((float(x), float(y)) for x, y in detection.landmarks.tolist())
                 )
             faces.append(
-                FacePrediction(
+                _trusted(
+                    FacePrediction,
                     box=box,
                     score=score,
                     landmarks=landmarks,
@@ -641,10 +643,11 @@ class Predictor:
                     face_id=i,
                 )
             )
-        return ImagePrediction(
+        return _trusted(
+            ImagePrediction,
             source=prepared.source,
-            width=prepared.width,
-            height=prepared.height,
+            width=int(prepared.width),
+            height=int(prepared.height),
             faces=tuple(faces),
         )
 

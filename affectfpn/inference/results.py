@@ -71,7 +71,7 @@ import re
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO, overload
+from typing import Any, TextIO, TypeVar, overload
 
 import numpy as np
 
@@ -185,6 +185,22 @@ def _probabilities_from_array(
     if len(set(names)) != len(names):
         raise InputError(f"{what}: names must be unique, got {names}")
     return {str(name): float(p) for name, p in zip(names, array.tolist(), strict=True)}
+
+
+_T = TypeVar("_T")
+
+
+def _trusted(cls: type[_T], **fields: Any) -> _T:
+    """An instance of a frozen result class from values already in its normal form.
+
+    For the predictor's own outputs only (softmax rows, sigmoid rows, boxes of floats): the
+    checks of ``__post_init__`` guard what users build, and cost more than the model's forward
+    pass per face for a small model. The fields must be exactly what ``__post_init__`` stores.
+    """
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, value)
+    return obj
 
 
 def _require_keys(data: object, keys: Iterable[str], what: str) -> Mapping[str, Any]:
@@ -377,6 +393,13 @@ class Expression:
         label = max(probabilities, key=probabilities.__getitem__)
         return cls(label=label, probabilities=probabilities)
 
+    @classmethod
+    def _from_model(cls, probs: list[float], names: tuple[str, ...]) -> "Expression":
+        """:meth:`from_probabilities` without the checks, for a softmax row of the model."""
+        probabilities = dict(zip(names, probs, strict=True))
+        label = max(probabilities, key=probabilities.__getitem__)
+        return _trusted(cls, label=label, probabilities=types.MappingProxyType(probabilities))
+
 
 @dataclass(frozen=True)
 class ActionUnits:
@@ -453,6 +476,19 @@ class ActionUnits:
         """
         probabilities = _probabilities_from_array(probs, names, "ActionUnits.from_probabilities")
         return cls(probabilities=probabilities, threshold=threshold)
+
+    @classmethod
+    def _from_model(
+        cls, probs: list[float], names: tuple[str, ...], threshold: float
+    ) -> "ActionUnits":
+        """:meth:`from_probabilities` without the checks, for a sigmoid row of the model."""
+        probabilities = dict(zip(names, probs, strict=True))
+        return _trusted(
+            cls,
+            probabilities=types.MappingProxyType(probabilities),
+            threshold=float(threshold),
+            active=tuple(name for name, p in probabilities.items() if p >= threshold),
+        )
 
 
 # --------------------------------------------------------------------------------------------
