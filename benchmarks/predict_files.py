@@ -15,8 +15,8 @@ alternating in rounds in one process:
   (``--num-workers`` overrides);
 * ``tensor (normalise + model)``: the same images already decoded into one ``N x 3 x H x W``
   ``uint8`` tensor, cut into the same batches, normalised and run through the model in inference
-  mode, as the Predictor does on the CPU (channels_last input and weights, float32), nothing
-  else;
+  mode, as the Predictor does on the CPU (channels_last input and weights, float32, BatchNorm
+  folded into the convolutions by ``AffectFPN.fuse_batchnorm``), nothing else;
 * ``decode only``: reading and decoding the files (``load_image``) one by one, for scale.
 
 Floor: ``predict`` reaches at least 0.95x the tensor path's images/s. The files are in the page
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         images = torch.from_numpy(stacked).permute(0, 3, 1, 2)
         images = images.contiguous(memory_format=torch.channels_last)
         model.to(memory_format=torch.channels_last)
+        # The model as the Predictor runs it: with BatchNorm folded into the convolutions.
+        runs = model.fuse_batchnorm() if hasattr(model, "fuse_batchnorm") else model
+        runs.to(memory_format=torch.channels_last)
         chunks = list(torch.split(images, args.batch_size))
 
         def run_predict() -> int:
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         def run_tensor() -> int:
             with torch.inference_mode():
                 for chunk in chunks:
-                    model(normalize(chunk, config))
+                    runs(normalize(chunk, config))
             return len(paths)
 
         def run_decode() -> int:

@@ -640,3 +640,39 @@ def test_resnet18_half_is_resnet18_at_half_width() -> None:
 def test_resnet18_half_has_no_imagenet_weights() -> None:
     with pytest.raises(WeightsError, match="no ImageNet weights exist for resnet18_half"):
         AffectFPN(_tiny("resnet18_half"), backbone_weights="imagenet")
+
+
+# ------------------------------------------------------------------------ BatchNorm folding
+@pytest.mark.parametrize(
+    ("backbone", "frozen"),
+    [
+        ("resnet18", False),
+        ("resnet18_half", False),
+        ("resnet50", True),
+        ("mobilenet_v2", False),
+        ("mobilenet_v3_large", False),
+    ],
+)
+def test_fuse_batchnorm_keeps_the_outputs(backbone: str, frozen: bool) -> None:
+    torch.manual_seed(0)
+    model = AffectFPN(_tiny(backbone, frozen_bn=frozen, test_time_flip=True))
+    # statistics that are not the identity, as after training
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)  # type: ignore[operator]
+            m.running_var.uniform_(0.5, 2.0)  # type: ignore[operator]
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.train()
+    fused = model.fuse_batchnorm()
+    norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
+    assert not any(isinstance(m, norms) for m in fused.modules())
+    assert any(isinstance(m, norms) for m in model.modules())  # the model itself is untouched
+    assert model.training
+    assert not fused.training
+    x = torch.randn(3, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        want, got = model(x), fused(x)
+    for task in ("va", "expression", "au"):
+        torch.testing.assert_close(getattr(got, task), getattr(want, task), atol=1e-4, rtol=1e-4)

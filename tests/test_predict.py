@@ -437,7 +437,7 @@ def test_compile_model_runs_every_batch_through_torch_compile(
 
 
 # ------------------------------------------------------------------ results of the model's own
-class _FixedDetector:
+class _TwoFaces:
     """Two faces per image, with scores and landmarks, wherever it is."""
 
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -454,7 +454,7 @@ def test_predicted_results_equal_checked_ones(model: AffectFPN, threshold: float
     """The predictor builds its results without the user-input checks: they must be the same
     objects (equal, same hash, same types of values) as the checked constructors build."""
     images = _random_images(3, size=(70, 90))
-    for faces, detector in (("crop", "auto"), ("detect", _FixedDetector())):
+    for faces, detector in (("crop", "auto"), ("detect", _TwoFaces())):
         results = predict(
             model,
             images,
@@ -481,3 +481,23 @@ def test_predicted_results_equal_checked_ones(model: AffectFPN, threshold: float
                 assert all(-1 <= v <= 1 for v in face.va)
                 assert face.box is not None
                 assert all(type(v) is float for v in face.box)
+
+
+def test_predictor_follows_weight_changes(model: AffectFPN) -> None:
+    """The Predictor runs a BatchNorm-folded copy: it must be rebuilt when the model changes."""
+    images = _random_images(4, size=(64, 64))
+    predictor = Predictor(model, faces="crop")
+    before = _values(predictor.predict(images))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():  # as an optimiser step does
+            model.heads["expression"].bias.add_(torch.arange(7.0))
+            model.backbone.stages[1][0].bn1.running_mean.add_(0.5)
+        after = _values(predictor.predict(images))
+        fresh = _values(Predictor(model, faces="crop").predict(images))
+        np.testing.assert_allclose(after, fresh, atol=TOL)
+        assert np.abs(after - before).max() > 1e-3
+        model.load_state_dict(state)
+        np.testing.assert_allclose(_values(predictor.predict(images)), before, atol=TOL)
+    finally:
+        model.load_state_dict(state)

@@ -144,9 +144,9 @@ def _common_parents() -> dict[str, _Parser]:
     group.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=32,
+        default=64,
         metavar="N",
-        help="faces per forward pass (default: 32)",
+        help="faces per forward pass (default: 64)",
     )
     group.add_argument(
         "--au-threshold",

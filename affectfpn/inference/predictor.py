@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,6 +74,11 @@ logger = logging.getLogger(__name__)
 FACE_MODES: tuple[str, ...] = ("detect", "crop")
 #: Values of the ``on_error=`` option.
 ON_ERROR: tuple[str, ...] = ("raise", "skip")
+
+#: Each model's BatchNorm-folded copy and the signature of the tensors it was folded from.
+_FUSED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
 
 # Serialises the one-time preparation of a model (device move, channels_last) across threads.
 _MODEL_LOCK = threading.Lock()
@@ -334,7 +340,7 @@ class Predictor:
         *,
         faces: str = "detect",
         detector: str | os.PathLike[str] | FaceDetector = "auto",
-        batch_size: int = 32,
+        batch_size: int = 64,
         device: str | torch.device | None = None,
         au_threshold: float = 0.5,
         bgr: bool = False,
@@ -390,6 +396,10 @@ class Predictor:
         self.amp_dtype: torch.dtype | None = amp_dtype(self.device, "on" if use_amp else "off")
         self._channels_last = _wants_channels_last(self.device)
         self._pin = self.device.type == "cuda"
+        # An AffectFPN runs as a copy with BatchNorm folded into the convolutions (the same
+        # outputs, up to float rounding, with less work), rebuilt whenever the model's weights
+        # or statistics change in place (training steps, load_state_dict, .to()).
+        self._fuse = callable(getattr(model, "fuse_batchnorm", None)) and not compile_model
 
     def __repr__(self) -> str:
         return (
@@ -572,6 +582,7 @@ class Predictor:
             batch = batch.contiguous()
         batch = batch.to(self.device, non_blocking=self._pin)
         model = self.model
+        forward = self._inference_model() if self._fuse else self._forward
         was_training = model.training
         with torch.inference_mode():
             x = normalize(batch, self.config)
@@ -581,7 +592,7 @@ class Predictor:
                 model.eval()
             try:
                 with self._autocast():
-                    out = self._forward(x)
+                    out = forward(x)
             finally:
                 if was_training:
                     model.train()
@@ -596,6 +607,34 @@ class Predictor:
             record.expression[i] = None if expr_rows is None else expr_rows[row]
             record.aus[i] = None if au_rows is None else au_rows[row]
             record.remaining -= 1
+
+    def _inference_model(self) -> nn.Module:
+        """The model with BatchNorm folded in, built again when the model's tensors changed.
+
+        The folded copy is kept with the model (weakly), so that ``predict`` called again on the
+        same model, which builds a new Predictor each time, does not fold it again.
+        """
+        model = self.model
+        tensors = [*model.parameters(), *model.buffers()]
+        # A tensor's _version counts its in-place changes (optimiser steps, BatchNorm
+        # statistics, load_state_dict, copy_); with the tensors' identities and the first one's
+        # device and dtype it tells whether the folded copy is still this model.
+        first = tensors[0] if tensors else None
+        signature = (
+            tuple(map(id, tensors)),
+            tuple(t._version for t in tensors),
+            None if first is None else (first.device, first.dtype),
+            self._channels_last,
+        )
+        cached = _FUSED.get(model)
+        if cached is None or cached[0] != signature:
+            with torch.inference_mode(False):
+                fused = model.fuse_batchnorm()  # type: ignore[operator]
+            if self._channels_last:
+                fused.to(memory_format=torch.channels_last)
+            cached = (signature, fused)
+            _FUSED[model] = cached
+        return cached[1]
 
     def _finish(self, record: _Pending) -> ImagePrediction:
         # The model's own outputs are valid by construction (softmax and sigmoid rows, clamped
@@ -694,7 +733,7 @@ def predict(
     *,
     faces: str = "detect",
     detector: str | os.PathLike[str] | FaceDetector = "auto",
-    batch_size: int = 32,
+    batch_size: int = 64,
     device: str | torch.device | None = None,
     au_threshold: float = 0.5,
     bgr: bool = False,

@@ -1,5 +1,6 @@
 """The multi-task feature-pyramid model of He et al. (ABAW2 2021) and its baselines."""
 
+import itertools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,41 @@ class AffectFPN(nn.Module):
     def tasks(self) -> tuple[str, ...]:
         """The tasks this model predicts."""
         return self.config.tasks
+
+    def fuse_batchnorm(self) -> "AffectFPN":
+        """A copy for inference, with every BatchNorm folded into the convolution before it.
+
+        In eval mode a BatchNorm after a convolution is an affine map per channel, which the
+        convolution's weights and bias can absorb: the copy computes the same outputs (up to
+        float rounding) with one pass over each map less per block. Folded are the
+        (convolution, BatchNorm) pairs of the backbones here: consecutive children of a
+        ``Sequential`` (stems, downsampling paths, MobileNet blocks) and ``convN``/``bnN`` pairs
+        of ResNet blocks; frozen BatchNorm folds the same way. The copy is in eval mode and does
+        not follow later changes of this model; it is not meant for training (its BatchNorm
+        statistics are fixed into the weights). The Predictor uses one, rebuilt when the
+        weights change.
+        """
+        import copy
+
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        norms = (nn.BatchNorm2d, FrozenBatchNorm2d)
+        fused = copy.deepcopy(self).eval()
+        with torch.no_grad():
+            for module in list(fused.modules()):
+                pairs: list[tuple[str, str]] = []
+                if isinstance(module, nn.Sequential):
+                    names = [name for name, _ in module.named_children()]
+                    pairs += list(itertools.pairwise(names))
+                pairs += [(f"conv{i}", f"bn{i}") for i in range(1, 4)]
+                for conv_name, norm_name in pairs:
+                    conv = getattr(module, conv_name, None)
+                    norm = getattr(module, norm_name, None)
+                    if isinstance(conv, nn.Conv2d) and isinstance(norm, norms):
+                        setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+                        setattr(module, norm_name, nn.Identity())
+        return fused
 
     # ------------------------------------------------------------------------- weights
     def save_pretrained(

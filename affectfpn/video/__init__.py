@@ -135,7 +135,7 @@ _FALLBACK_FPS = 25.0
 _PREDICTOR_DEFAULTS: dict[str, object] = {
     "faces": "detect",
     "detector": "auto",
-    "batch_size": 32,
+    "batch_size": 64,
     "device": None,
 }
 
@@ -383,7 +383,7 @@ def predict_video(
     end: int | None = None,
     faces: str = "detect",
     detector: str | os.PathLike[str] | FaceDetector = "auto",
-    batch_size: int = 32,
+    batch_size: int = 64,
     device: str | torch.device | None = None,
     smoothing: str | None = None,
     alpha: float = 0.3,
@@ -717,7 +717,7 @@ def analyze_video(
     end: int | None = None,
     faces: str = "detect",
     detector: str | os.PathLike[str] | FaceDetector = "auto",
-    batch_size: int = 32,
+    batch_size: int = 64,
     device: str | torch.device | None = None,
     smoothing: str | None = None,
     alpha: float = 0.3,
