@@ -92,10 +92,55 @@ def test_yunet_counts_faces_in_samples(
 def test_large_photo_needs_downscaling(yunet_path: Path, samples_dir: Path) -> None:
     rgb = _rgb(samples_dir, "BWPictureHuman.jpg")
     assert max(rgb.shape) > 2000
-    assert YuNetDetector(yunet_path, max_side=None).detect(rgb) == []
+    assert YuNetDetector(yunet_path, max_side=None, min_face=None).detect(rgb) == []
     found = YuNetDetector(yunet_path, max_side=640).detect(rgb)
     assert len(found) == 1
     assert found[0].width > 100  # mapped back to the full-size photo, not the 640 px copy
+
+
+def test_scale_from_the_smallest_face_and_the_longest_side(yunet_path: Path) -> None:
+    default = YuNetDetector(yunet_path)
+    assert default.min_face == 32.0
+    assert default.scale_for(640, 360) == detectors.YUNET_MIN_FACE / 32  # a quarter of the pixels
+    assert default.scale_for(2560, 1912) == 640 / 2560  # the longest side decides
+    assert YuNetDetector(yunet_path, min_face=8).scale_for(640, 360) == 1.0  # never upscaled
+    assert YuNetDetector(yunet_path, min_face=None).scale_for(640, 360) == 1.0
+    assert YuNetDetector(yunet_path, min_face=64).scale_for(640, 360) == 0.25
+    for bad in (0, -3, "32", True):
+        with pytest.raises(ConfigError, match="min_face must be a positive number"):
+            YuNetDetector(yunet_path, min_face=bad)  # type: ignore[arg-type]
+    assert "min_face=32.0" in repr(default)
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    "name", ["multi_face.jpg", "single_face.jpg", "0-f1-su-ph.jpg", "45-m7-di-ph.jpg"]
+)
+def test_downscaled_detection_finds_the_same_faces(
+    yunet: YuNetDetector, yunet_path: Path, samples_dir: Path, name: str
+) -> None:
+    """The default (shrunk by min_face) finds the faces of the full-size run, in the same places."""
+    rgb = _rgb(samples_dir, name)
+    full = YuNetDetector(yunet_path, min_face=None).detect(rgb)
+    fast = yunet.detect(rgb)
+    assert yunet.scale_for(rgb.shape[1], rgb.shape[0]) <= YuNetDetector(
+        yunet_path, min_face=None
+    ).scale_for(rgb.shape[1], rgb.shape[0])
+    assert len(fast) == len(full) > 0
+    for face in full:
+        best = max(fast, key=lambda f: _iou(f.box, face.box))
+        assert _iou(best.box, face.box) > 0.7  # YuNet's boxes move a little with scale
+        assert best.landmarks is not None
+        assert face.landmarks is not None
+        assert np.abs(best.landmarks - face.landmarks).max() < 0.12 * face.width
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
 
 
 @pytest.mark.shared

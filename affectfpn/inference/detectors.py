@@ -357,13 +357,24 @@ def download_yunet() -> Path:
 # --------------------------------------------------------------------------- YuNet
 
 
+#: The smallest face (shorter box side, in pixels at the network's input) that YuNet finds
+#: reliably: its finest anchors are 10-16 pixels on a stride-8 map.
+YUNET_MIN_FACE = 16.0
+
+
 class YuNetDetector:
     """YuNet face detector (OpenCV ``FaceDetectorYN``), with 5 landmarks per face.
 
-    Images whose longer side exceeds ``max_side`` are downscaled (area interpolation) before
-    detection, and boxes and landmarks are mapped back to the input's pixels: YuNet misses large
-    faces in big photos at full size. Detection is serialised with a lock, since the OpenCV
-    object is resized per image; one instance may be shared by threads.
+    Images are downscaled (area interpolation) before detection, and boxes and landmarks are
+    mapped back to the input's pixels: to at most ``max_side`` pixels on the longer side (YuNet
+    misses large faces in big photos at full size), and further so that a face of ``min_face``
+    pixels still measures :data:`YUNET_MIN_FACE` pixels at the network's input, the smallest
+    face YuNet finds reliably. The network's cost grows with the pixels it sees, so the default
+    ``min_face=32`` runs it on a quarter of the pixels of a frame: faces smaller than about 32
+    pixels (in the input image) may be missed, and are too small for the expression models'
+    48-pixel crops anyway. Pass ``min_face=None`` to detect at full size (up to ``max_side``).
+    Detection is serialised with a lock, since the OpenCV object is resized per image; one
+    instance may be shared by threads.
 
     Args:
         model_path: a local YuNet ``.onnx`` file. ``None``: ``$AFFECTFPN_YUNET``, else the YuNet
@@ -372,7 +383,9 @@ class YuNetDetector:
         score_threshold: drop faces scoring lower (0..1).
         nms_threshold: IoU above which overlapping boxes are merged (0..1).
         top_k: keep at most this many candidates before non-maximum suppression.
-        max_side: longest image side fed to the network; ``None`` disables downscaling.
+        max_side: longest image side fed to the network; ``None``: no such limit.
+        min_face: the smallest face (shorter box side, in input pixels) to keep findable; the
+            image is downscaled as far as that allows. ``None``: no downscaling for it.
 
     Raises:
         AffectFPNError: OpenCV older than 4.8.
@@ -388,6 +401,7 @@ class YuNetDetector:
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         max_side: int | None = 640,
+        min_face: float | None = 32.0,
     ) -> None:
         _require_cv2_for_yunet()
         if not 0.0 <= score_threshold <= 1.0:
@@ -398,6 +412,12 @@ class YuNetDetector:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         if max_side is not None and max_side < 32:
             raise ConfigError(f"max_side must be >= 32 pixels or None, got {max_side}")
+        if min_face is not None and not (
+            isinstance(min_face, int | float) and not isinstance(min_face, bool) and min_face > 0
+        ):
+            raise ConfigError(
+                f"min_face must be a positive number of pixels or None, got {min_face!r}"
+            )
         if model_path is not None:
             path = Path(model_path).expanduser()
             if not path.is_file():
@@ -413,6 +433,7 @@ class YuNetDetector:
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
         self.max_side = max_side
+        self.min_face = None if min_face is None else float(min_face)
         self._lock = threading.Lock()
         self._net = self._load()
         logger.info("YuNet face detector loaded from %s", path)
@@ -448,8 +469,17 @@ class YuNetDetector:
         return (
             f"YuNetDetector(model_path={str(self.model_path)!r}, "
             f"score_threshold={self.score_threshold}, nms_threshold={self.nms_threshold}, "
-            f"top_k={self.top_k}, max_side={self.max_side})"
+            f"top_k={self.top_k}, max_side={self.max_side}, min_face={self.min_face})"
         )
+
+    def scale_for(self, width: int, height: int) -> float:
+        """The factor (<= 1) by which an image of this size is shrunk before detection."""
+        factor = 1.0
+        if self.max_side is not None and max(width, height) > self.max_side:
+            factor = self.max_side / max(width, height)
+        if self.min_face is not None:
+            factor = min(factor, YUNET_MIN_FACE / self.min_face)
+        return factor
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """Detect faces.
@@ -465,8 +495,8 @@ class YuNetDetector:
         image = _as_rgb(rgb)
         height, width = image.shape[:2]
         net_w, net_h = width, height
-        if self.max_side is not None and max(width, height) > self.max_side:
-            factor = self.max_side / max(width, height)
+        factor = self.scale_for(width, height)
+        if factor < 1.0:
             net_w = max(1, round(width * factor))
             net_h = max(1, round(height * factor))
             image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_AREA)
