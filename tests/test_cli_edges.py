@@ -496,3 +496,34 @@ def test_cli_export_onnx_has_the_mode_of_other_outputs(
     weights_mode = stat.S_IMODE((folder / "model.safetensors").stat().st_mode)
     assert weights_mode == 0o644
     assert stat.S_IMODE(onnx_path.stat().st_mode) == weights_mode
+
+
+@pytest.mark.shared
+def test_min_face_builds_the_yunet_it_asks_for(
+    capsys: pytest.CaptureFixture[str], samples_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import affectfpn.inference.predictor as predictor_module
+
+    seen: list[object] = []
+    real = predictor_module.Predictor
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs["detector"])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predictor_module, "Predictor", recording)
+    photo = str(samples_dir / "multi_face.jpg")
+    rows = {}
+    for value in ("32", "0", "20"):
+        code, out, err = _run(capsys, "predict", photo, "--min-face", value, "-f", "json")
+        assert code == EXIT_OK, err
+        rows[value] = len(__import__("json").loads(out)[0]["faces"])
+    assert rows == {"32": 5, "0": 5, "20": 5}
+    assert seen[0] == "auto"  # the default goes through as the name
+    assert [getattr(d, "min_face", "?") for d in seen[1:]] == [None, 20.0]
+    code, _, err = _run(capsys, "predict", photo, "--min-face", "20", "--detector", "haar")
+    assert code == EXIT_ERROR
+    assert "--min-face applies to the YuNet detector" in err
+    code, _, err = _run(capsys, "predict", photo, "--min-face", "-1")
+    assert code != EXIT_OK
+    assert "--min-face" in err

@@ -86,6 +86,10 @@ _positive_int = _bounded(int, lambda v: v >= 1, "must be at least 1", "an intege
 _frame_index = _bounded(int, lambda v: v >= 0, "must be >= 0", "a frame index")
 _positive_float = _bounded(float, lambda v: v > 0, "must be > 0", "a number")
 _probability = _bounded(float, lambda v: 0.0 < v < 1.0, "must be between 0 and 1", "a number")
+_pixels = _bounded(float, lambda v: v >= 0, "must be >= 0", "a number of pixels")
+
+#: YuNet's default smallest face to find (``YuNetDetector(min_face=...)``).
+DEFAULT_MIN_FACE = 32.0
 
 
 def _common_parents() -> dict[str, _Parser]:
@@ -140,6 +144,14 @@ def _common_parents() -> dict[str, _Parser]:
         help="face detector: auto (the embedded YuNet; Haar only where OpenCV cannot run YuNet), "
         "yunet, yunet-hub (the Hub's pinned YuNet, downloaded once), haar, or a YuNet .onnx "
         "file (default: auto)",
+    )
+    group.add_argument(
+        "--min-face",
+        type=_pixels,
+        default=DEFAULT_MIN_FACE,
+        metavar="PIXELS",
+        help="smallest face YuNet must find, in image pixels: images are shrunk before "
+        "detection as far as that allows (faster); 0 detects at full size (default: 32)",
     )
     group.add_argument(
         "--batch-size",
@@ -417,3 +429,26 @@ def _cli_words(message: str) -> str:
 
     message = _KEYWORD_VALUE.sub(flag_value, message)
     return _KEYWORD_NAME.sub(lambda m: _CLI_FLAGS[m.group("name")], message)
+
+
+def detector_from_args(args: argparse.Namespace) -> Any:
+    """What ``--detector`` and ``--min-face`` ask for: a detector name, or a YuNet detector.
+
+    With the default ``--min-face`` the name goes to the Predictor as it is; another value
+    builds the YuNet detector (``auto``, ``yunet``, ``yunet-hub`` or a ``.onnx`` file) with it.
+    """
+    min_face = getattr(args, "min_face", DEFAULT_MIN_FACE)
+    if min_face == DEFAULT_MIN_FACE:
+        return args.detector
+    from affectfpn.inference.detectors import YuNetDetector, download_yunet
+
+    spec = str(args.detector)
+    key = spec.strip().lower()
+    limit = None if min_face == 0 else min_face
+    if key in ("auto", "yunet"):
+        return YuNetDetector(min_face=limit)
+    if key == "yunet-hub":
+        return YuNetDetector(download_yunet(), min_face=limit)
+    if key.endswith(".onnx"):
+        return YuNetDetector(spec, min_face=limit)
+    raise InputError(f"--min-face applies to the YuNet detector, not to --detector {spec}")

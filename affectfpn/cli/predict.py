@@ -19,6 +19,7 @@ from affectfpn.cli._common import (
     _output_format,
     _quiet_opencv,
     _signed,
+    detector_from_args,
     logger,
 )
 
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(
         model,
         faces=args.faces,
-        detector=args.detector,
+        detector=detector_from_args(args),
         batch_size=args.batch_size,
         au_threshold=args.au_threshold,
         progress=False if args.quiet else None,

@@ -17,6 +17,7 @@ from affectfpn.cli._common import (
     _positive_int,
     _quiet_opencv,
     _UsageError,
+    detector_from_args,
     logger,
 )
 from affectfpn.errors import InputError
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(
         model,
         faces=args.faces,
-        detector=args.detector,
+        detector=detector_from_args(args),
         batch_size=args.batch_size,
         au_threshold=args.au_threshold,
         progress=False,
