@@ -186,9 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         again = full_size.predict([str(p) for p in photos])
         assert isinstance(again, list)
         counts = [len(r.faces) for r in first], [len(r.faces) for r in again]
-        print(
-            f"\nfaces per photo, min_face={detector.min_face} vs full size: {counts[0]} vs {counts[1]}"
-        )
+        print(f"\nfaces per photo, min_face={detector.min_face} vs full size:")
+        print(f"  {counts[0]} vs {counts[1]}")
 
         def run_full_size() -> int:
             results = full_size.predict(inputs)
