@@ -593,8 +593,17 @@ def test_models_lists_the_registry(
     code, out, err = _run(capsys, "models", "--json")
     assert code == EXIT_OK, err
     assert [e["name"] for e in json.loads(out)] == registry.model_names()
-    code, _, err = _run(capsys, "models")
+    code, out, err = _run(capsys, "models")
     assert code == EXIT_OK, err
+    # Every embedded model shows its test accuracy and its compute per face.
+    header = out.splitlines()[0].split()
+    assert "acc" in header
+    assert "GFLOP/face" in header
+    for line in out.splitlines()[1:]:
+        if line.startswith(("fer2013-resnet18-fpn", "fer2013-multitask")):
+            values = [float(v) for v in line.split() if v.replace(".", "", 1).isdigit()]
+            assert any(0.6 < v < 0.8 for v in values), line  # accuracy
+            assert any(0.1 < v < 1.0 for v in values), line  # GFLOP per face (two passes)
 
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_DEFAULT", [])
@@ -604,6 +613,11 @@ def test_models_lists_the_registry(
     row = next(line for line in out.splitlines() if line.startswith("fake-affect"))
     assert "fake-affect *" in row  # the default
     assert "1.2M" in row
+    assert "0.654" in row.split()  # the test accuracy column
+    assert "fer2013/test: accuracy" not in row  # every metric only with --metrics
+    code, out, err = _run(capsys, "models", "--metrics")
+    assert code == EXIT_OK, err
+    row = next(line for line in out.splitlines() if line.startswith("fake-affect"))
     assert "fer2013/test: accuracy 0.654" in row
     entries = json.loads(_run(capsys, "models", "--json")[1])
     assert entries[0]["name"] == "fake-affect"

@@ -19,11 +19,14 @@ def add_parser(command: Command) -> None:
     p = command(
         "models",
         "list the registered pretrained models",
-        "List the registered models with their tasks, size, input, and the metrics measured "
-        "on named data. The default model is marked with *.",
-        ["affectfpn models", "affectfpn models --json"],
+        "List the registered models with their tasks, size, input, FER2013 test accuracy and "
+        "compute per face (GFLOP, mirror averaging included), to pick one by accuracy and "
+        "speed; --metrics adds every metric measured on named data. The default model is "
+        "marked with *.",
+        ["affectfpn models", "affectfpn models --metrics", "affectfpn models --json"],
     )
     p.add_argument("--json", action="store_true", help="full entries as JSON")
+    p.add_argument("--metrics", action="store_true", help="add every measured metric")
     p.set_defaults(handler=run)
 
 
@@ -35,6 +38,38 @@ def _metrics_text(metrics: Any) -> str:
         )
         parts.append(f"{data}: {shown}")
     return "; ".join(parts) or "-"
+
+
+def _test_accuracy(metrics: Any) -> str:
+    """FER2013 test accuracy (all of ``test``), the figure the zoo's models are compared on."""
+    for data, values in metrics.items():
+        name = data.lower()
+        whole_test = "fer2013" in name and "test" in name
+        if whole_test and "overlap" not in name and "teacher" not in name and "accuracy" in values:
+            return f"{float(values['accuracy']):.3f}"
+    return "-"
+
+
+def _gflops(info: Any) -> str:
+    """GFLOP per face of an embedded model (its config; mirror averaging counts twice)."""
+    if info.source != "package":
+        return "-"
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from affectfpn.config import AffectFPNConfig
+    from affectfpn.models.affectfpn import AffectFPN
+    from affectfpn.models.registry import package_weights_dir
+
+    try:
+        config = AffectFPNConfig.load(package_weights_dir(info) / "config.json")
+    except Exception:  # a damaged entry shows no figure rather than failing the listing
+        return "-"
+    with torch.device("meta"):  # shapes only: no weights are initialised or computed
+        model = AffectFPN(config).eval()
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, *config.input_size))
+    return f"{counter.get_total_flops() / 1e9:.3f}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,10 +96,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{info.backbone}{'+fpn' if info.neck == 'fpn' else ''}",
                 f"{info.input_size[0]}x{info.input_size[1]}",
                 f"{info.num_params / 1e6:.1f}M",
+                _test_accuracy(info.metrics),
+                _gflops(info),
                 info.source,
-                _metrics_text(info.metrics),
+                *([_metrics_text(info.metrics)] if args.metrics else []),
             ]
         )
-    header = ("name", "tasks", "architecture", "input", "params", "source", "metrics")
-    sys.stdout.write(_format_table(header, rows, numeric={4}))
+    header = ["name", "tasks", "architecture", "input", "params", "test acc", "GFLOP/face"]
+    header += ["source", *(["metrics"] if args.metrics else [])]
+    sys.stdout.write(_format_table(tuple(header), rows, numeric={4, 5, 6}))
     return EXIT_OK
