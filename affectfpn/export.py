@@ -48,7 +48,6 @@ import importlib.util
 import json
 import logging
 import os
-import secrets
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -62,6 +61,7 @@ from torch import nn
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, InputError, WeightsError, require_extra
+from affectfpn.io import atomic_write
 from affectfpn.labels import TASKS
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxRunner", "export_onnx", "onnx_metadata"]
@@ -160,25 +160,6 @@ def _pick_exporter(exporter: str) -> str:
     return exporter
 
 
-def _new_temp_file(out: Path) -> Path:
-    """Create an empty, unique temporary file next to ``out`` with the usual permissions.
-
-    Unlike ``tempfile.mkstemp`` (always ``0600``), the mode is ``0666`` less the umask, as for
-    any file the user writes, so the ONNX file that replaces ``out`` is readable like the other
-    outputs. ``O_EXCL`` keeps the name unique.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(f"{out.parent}: cannot create a unique temporary file for {out.name}")
-
-
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -238,9 +219,8 @@ def export_onnx(
     )
 
     was_training = model.training
-    tmp = _new_temp_file(out)
-    try:
-        model.eval()
+
+    def write(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript exporter warns that it is deprecated, and the tracer that the
             # input-shape check in AffectFPN.forward becomes a constant: both expected here.
@@ -281,9 +261,11 @@ def export_onnx(
                 raise WeightsError(
                     f"the exported ONNX model does not pass onnx.checker: {err}"
                 ) from None
-        os.replace(tmp, out)
+
+    try:
+        model.eval()
+        atomic_write(out, write)  # a failed export leaves no partial file at ``out``
     finally:
-        tmp.unlink(missing_ok=True)
         model.train(was_training)
     logger.info(
         "exported %s to %s (%s exporter, opset %d, %s batch)",

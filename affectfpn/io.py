@@ -29,11 +29,12 @@ import io
 import itertools
 import logging
 import os
+import secrets
 import struct
 import sys
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -51,6 +52,8 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "LoadedImage",
     "array_to_rgb",
+    "atomic_open",
+    "atomic_write",
     "has_glob_chars",
     "is_image_path",
     "is_still_image_file",
@@ -807,3 +810,94 @@ def _tensor_to_rgb(tensor: Any, source: str) -> np.ndarray:
     if values.ndim == 3:
         values = values.transpose(1, 2, 0)
     return array_to_rgb(values, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+# writing files whole
+# --------------------------------------------------------------------------------------------
+
+
+def _temp_beside(path: Path) -> Path:
+    """A new, empty, uniquely named file ``.<stem>.<random>.tmp<suffix>`` next to ``path``.
+
+    The suffix stays last, for writers that pick a format by it.
+    Its mode is ``0666`` less the umask, as for any file the user writes (``mkstemp`` gives
+    ``0600``), so the file that replaces ``path`` reads like the user's other files.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"{path.parent}: cannot create a unique temporary file for {path.name}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where folders cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], object], *, durable: bool = False
+) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a temporary file beside it.
+
+    The temporary file (``.<stem>.<random>.tmp<suffix>`` in the same folder, the usual mode)
+    replaces ``path`` by a rename only when ``write`` returns; on an error it is removed and
+    ``path`` is left as it was. Readers never see a half-written file. With ``durable`` the
+    file and the folder are flushed to disk before and after the rename (checkpoints). The
+    folder is created if needed. Returns ``path``.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(out)
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        _fsync_dir(out.parent)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, durable: bool = False, **kwargs: Any
+) -> Iterator[Any]:
+    """``open`` for writing that replaces ``path`` only when the block ends without an error.
+
+    As :func:`atomic_write`, for code that writes through a file object: ``mode`` is ``"w"``
+    or ``"wb"``; ``kwargs`` go to ``open`` (``encoding``, ``newline``).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes new files: mode 'w' or 'wb', not {mode!r}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(out)
+    try:
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        _fsync_dir(out.parent)

@@ -3,6 +3,8 @@
 import dataclasses
 import io
 import itertools
+import os
+import stat
 import struct
 import tracemalloc
 import zlib
@@ -526,3 +528,48 @@ def test_a_jpeg_bomb_is_refused_before_opencv_decodes_it(monkeypatch: pytest.Mon
     assert calls == []
     assert load_image(data).rgb.shape == (37, 53, 3)
     assert calls == [1]
+
+
+# ------------------------------------------------------------------------ writing files whole
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    from affectfpn.io import atomic_open, atomic_write
+
+    target = tmp_path / "sub" / "table.csv"
+    seen: list[Path] = []
+
+    def write(tmp: Path) -> None:
+        seen.append(tmp)
+        assert tmp.parent == target.parent
+        assert tmp.name.startswith(".table.")
+        assert tmp.suffix == ".csv"  # writers that choose a format by the suffix still can
+        tmp.write_text("a,b\n")
+
+    assert atomic_write(target, write) == target
+    assert target.read_text() == "a,b\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "a,b\n"  # untouched
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]  # no leftovers
+
+    def fails_midway() -> None:
+        with atomic_open(target, "w") as handle:
+            handle.write("x,y\n")
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        fails_midway()
+    assert target.read_text() == "a,b\n"
+    with atomic_open(target, "wb", durable=True) as handle:
+        handle.write(b"x,y\n")
+    assert target.read_bytes() == b"x,y\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
+    with pytest.raises(ValueError, match="mode 'w' or 'wb'"), atomic_open(target, "a"):
+        pass

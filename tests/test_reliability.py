@@ -737,6 +737,7 @@ def test_hostile_embedded_weights_fail_the_sha256_check_before_parsing(
         recipe="recipes/x.toml",
         sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
     )
+    registry.model_names()  # load the embedded entries first: the copy must hold them
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_DEFAULT", list(registry._DEFAULT))
     monkeypatch.setattr(registry, "package_weights_dir", lambda entry: model_dir)

@@ -313,15 +313,10 @@ def _open_output(path: str | None) -> Iterator[TextIO]:
         yield sys.stdout
         sys.stdout.flush()
         return
-    out = Path(path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            yield handle
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from affectfpn.io import atomic_open
+
+    with atomic_open(Path(path).expanduser(), "w", newline="", encoding="utf-8") as handle:
+        yield handle
 
 
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int]) -> str:

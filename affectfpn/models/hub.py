@@ -7,7 +7,6 @@ or runs code from a downloaded repository.
 import hashlib
 import json
 import logging
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from affectfpn._network import hub_unreachable
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import AffectFPNError, ConfigError, OfflineError, WeightsError
+from affectfpn.io import atomic_write
 
 if TYPE_CHECKING:
     from affectfpn.models.affectfpn import AffectFPN
@@ -29,9 +29,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 LIBRARY_NAME = "affectfpn"
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
@@ -58,31 +55,18 @@ def save_pretrained(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    _atomic_write(
+    atomic_write(
         folder / WEIGHTS_NAME,
         lambda tmp: save_file(
             state, str(tmp), metadata={"format": "pt", "affectfpn_version": __version__}
         ),
     )
     config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(config_text, encoding="utf-8"))
+    atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(config_text, encoding="utf-8"))
     card = render_model_card(model, model_card or {})
-    _atomic_write(folder / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
+    atomic_write(folder / CARD_NAME, lambda tmp: tmp.write_text(card, encoding="utf-8"))
     logger.info("saved %s to %s", type(model).__name__, folder)
     return folder
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------- loading

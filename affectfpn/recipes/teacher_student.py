@@ -67,6 +67,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, DatasetError
+from affectfpn.io import atomic_write
 from affectfpn.labels import TASKS
 from affectfpn.metrics import MultiTaskMeter
 from affectfpn.models.affectfpn import AffectFPN, AffectFPNOutput
@@ -358,10 +359,8 @@ def check_no_leak(train: Any, val: Any, *, what: str) -> None:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=_json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(value, indent=2, default=_json_default) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _json_default(value: Any) -> Any:
@@ -807,13 +806,7 @@ class TeacherStudent:
 
     @staticmethod
     def _save_table(table: LabelTable, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-        try:
-            table.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, table.save)  # the temporary file keeps the suffix
 
     # ------------------------------------------------------------------ stage 3
     def train_student(self) -> dict[str, Any]:

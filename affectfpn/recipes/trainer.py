@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn.errors import AffectFPNError, ConfigError
+from affectfpn.io import atomic_open, atomic_write
 from affectfpn.labels import ACTION_UNITS, TASKS
 from affectfpn.metrics import MultiTaskMeter
 from affectfpn.models.affectfpn import AffectFPN
@@ -514,16 +515,8 @@ class Trainer:
             "config": json.dumps(self.model.config.to_dict()),
             "settings": json.dumps(dataclasses.asdict(self.settings)),
         }
-        tmp = self.checkpoint_path.with_name(f".{CHECKPOINT_NAME}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.checkpoint_path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.output_dir)
+        with atomic_open(self.checkpoint_path, "wb", durable=True) as f:
+            torch.save(state, f)
 
     def _remove_stale_temporaries(self) -> None:
         """Delete temporary files that a killed process left in the output folder."""
@@ -792,7 +785,9 @@ class Trainer:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        _atomic_text(self.output_dir / "metrics.jsonl", lines)
+        atomic_write(
+            self.output_dir / "metrics.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8")
+        )
         rows = [{k: _csv_cell(v) for k, v in _flatten(r).items()} for r in self.history]
         columns: list[str] = []
         for row in rows:
@@ -801,7 +796,10 @@ class Trainer:
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _atomic_text(self.output_dir / "metrics.csv", buffer.getvalue())
+        atomic_write(
+            self.output_dir / "metrics.csv",
+            lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"),
+        )
 
     def _log_epoch(self, record: Mapping[str, Any]) -> None:
         """One readable line per epoch; ``metrics.jsonl`` / ``metrics.csv`` keep every value."""
@@ -830,7 +828,9 @@ class Trainer:
             if isinstance(old, dict) and all(old.get(k) == v for k, v in done.items()):
                 return  # unchanged: keep the first finishing time
         done["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        _atomic_text(path, json.dumps(done, indent=2) + "\n")
+        atomic_write(
+            path, lambda tmp: tmp.write_text(json.dumps(done, indent=2) + "\n", encoding="utf-8")
+        )
 
 
 def training_finished(output_dir: str | Path, epochs: int) -> bool:
@@ -914,9 +914,9 @@ def resolve_workers(num_workers: int | str) -> int:
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete the temporary files and folders that killed processes left under ``folder``.
 
-    Every atomic write in the recipes goes through a hidden temporary beside its target
-    (``.<name>.<pid>.tmp``, ``.<name>.<random>.tmp`` or ``.<stem>.<pid>.tmp.<suffix>``) renamed
-    over the target when complete, so any hidden ``*.tmp`` / ``*.tmp.*`` entry is a leftover.
+    Every write of a run goes through :func:`affectfpn.io.atomic_write` (or ``atomic_open``): a
+    hidden temporary beside its target (``.<stem>.<random>.tmp<suffix>``) renamed over the
+    target when complete, so any hidden ``*.tmp`` / ``*.tmp.*`` entry is a leftover.
     """
     import shutil
 
@@ -1049,29 +1049,6 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _csv_cell(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    """Write a small text file through a temporary file and a rename."""
-    tmp = path.with_name(f".partial.{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _progress(iterable: Any, *, total: int, desc: str, enabled: bool) -> Any:
