@@ -817,6 +817,11 @@ def _tensor_to_rgb(tensor: Any, source: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+#: The process's umask, read once at import (reading it means setting it: not thread-safe later).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _temp_beside(path: Path) -> Path:
     """A new, empty, uniquely named file ``.<stem>.<random>.tmp<suffix>`` next to ``path``.
 
@@ -865,6 +870,8 @@ def atomic_write(
     tmp = _temp_beside(out)
     try:
         write(tmp)
+        # A writer may have replaced the file with one of its own mode (safetensors writes 0600).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         if durable:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())

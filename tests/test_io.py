@@ -573,3 +573,12 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.csv"]
     with pytest.raises(ValueError, match="mode 'w' or 'wb'"), atomic_open(target, "a"):
         pass
+
+    def private(tmp: Path) -> None:  # as safetensors does: a new file of mode 0600
+        tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, b"weights")
+        os.close(fd)
+
+    atomic_write(target, private)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
