@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import secrets
+import stat
 import struct
 import sys
 import threading
@@ -817,11 +818,6 @@ def _tensor_to_rgb(tensor: Any, source: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-#: The process's umask, read once at import (reading it means setting it: not thread-safe later).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
 def _temp_beside(path: Path) -> Path:
     """A new, empty, uniquely named file ``.<stem>.<random>.tmp<suffix>`` next to ``path``.
 
@@ -868,10 +864,11 @@ def atomic_write(
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(out)
+    usual = stat.S_IMODE(tmp.stat().st_mode)  # 0666 less the umask in force now
     try:
         write(tmp)
         # A writer may have replaced the file with one of its own mode (safetensors writes 0600).
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, usual)
         if durable:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
