@@ -514,11 +514,12 @@ def test_min_face_builds_the_yunet_it_asks_for(
     monkeypatch.setattr(predictor_module, "Predictor", recording)
     photo = str(samples_dir / "multi_face.jpg")
     rows = {}
-    for value in ("32", "0", "20"):
-        code, out, err = _run(capsys, "predict", photo, "--min-face", value, "-f", "json")
+    for value in ("default", "0", "20"):
+        flags = [] if value == "default" else ["--min-face", value]
+        code, out, err = _run(capsys, "predict", photo, *flags, "-f", "json")
         assert code == EXIT_OK, err
         rows[value] = len(__import__("json").loads(out)[0]["faces"])
-    assert rows == {"32": 5, "0": 5, "20": 5}
+    assert rows == {"default": 5, "0": 5, "20": 5}
     assert seen[0] == "auto"  # the default goes through as the name
     assert [getattr(d, "min_face", "?") for d in seen[1:]] == [None, 20.0]
     code, _, err = _run(capsys, "predict", photo, "--min-face", "20", "--detector", "haar")

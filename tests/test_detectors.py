@@ -110,6 +110,13 @@ def test_scale_from_the_smallest_face_and_the_longest_side(yunet_path: Path) -> 
         with pytest.raises(ConfigError, match="min_face must be a positive number"):
             YuNetDetector(yunet_path, min_face=bad)  # type: ignore[arg-type]
     assert "min_face=32.0" in repr(default)
+    # get_detector passes min_face to the YuNet it builds, and refuses it for Haar
+    built = detectors.get_detector(str(yunet_path), min_face=20)
+    assert isinstance(built, YuNetDetector)
+    assert built.min_face == 20.0
+    assert getattr(detectors.get_detector("yunet", min_face=None), "min_face", "?") is None
+    with pytest.raises(ConfigError, match="min_face applies to the YuNet detector"):
+        detectors.get_detector("haar", min_face=20)
 
 
 @pytest.mark.shared

@@ -88,9 +88,6 @@ _positive_float = _bounded(float, lambda v: v > 0, "must be > 0", "a number")
 _probability = _bounded(float, lambda v: 0.0 < v < 1.0, "must be between 0 and 1", "a number")
 _pixels = _bounded(float, lambda v: v >= 0, "must be >= 0", "a number of pixels")
 
-#: YuNet's default smallest face to find (``YuNetDetector(min_face=...)``).
-DEFAULT_MIN_FACE = 32.0
-
 
 def _common_parents() -> dict[str, _Parser]:
     """Option groups shared by several subcommands (argparse ``parents``)."""
@@ -148,7 +145,7 @@ def _common_parents() -> dict[str, _Parser]:
     group.add_argument(
         "--min-face",
         type=_pixels,
-        default=DEFAULT_MIN_FACE,
+        default=None,  # the detector's own default (affectfpn.inference.detectors)
         metavar="PIXELS",
         help="smallest face YuNet must find, in image pixels: images are shrunk before "
         "detection as far as that allows (faster); 0 detects at full size (default: 32)",
@@ -387,6 +384,7 @@ _CLI_FLAGS = {
     "detector": "--detector",
     "batch_size": "--batch-size",
     "au_threshold": "--au-threshold",
+    "min_face": "--min-face",
     "device": "--device",
     "revision": "--revision",
     "every_n": "--every-n",
@@ -426,24 +424,21 @@ def _cli_words(message: str) -> str:
     return _KEYWORD_NAME.sub(lambda m: _CLI_FLAGS[m.group("name")], message)
 
 
-def detector_from_args(args: argparse.Namespace) -> Any:
-    """What ``--detector`` and ``--min-face`` ask for: a detector name, or a YuNet detector.
+def predictor_from_args(args: argparse.Namespace, model: Any, **options: Any) -> Any:
+    """The Predictor that the shared face options (``--faces``, ``--detector``, ``--min-face``,
+    ``--batch-size``, ``--au-threshold``) ask for; ``options`` are the command's own."""
+    from affectfpn.inference import predictor
 
-    With the default ``--min-face`` the name goes to the Predictor as it is; another value
-    builds the YuNet detector (``auto``, ``yunet``, ``yunet-hub`` or a ``.onnx`` file) with it.
-    """
-    min_face = getattr(args, "min_face", DEFAULT_MIN_FACE)
-    if min_face == DEFAULT_MIN_FACE:
-        return args.detector
-    from affectfpn.inference.detectors import YuNetDetector, download_yunet
+    detector: Any = args.detector
+    if args.faces == "detect" and args.min_face is not None:
+        from affectfpn.inference.detectors import get_detector
 
-    spec = str(args.detector)
-    key = spec.strip().lower()
-    limit = None if min_face == 0 else min_face
-    if key in ("auto", "yunet"):
-        return YuNetDetector(min_face=limit)
-    if key == "yunet-hub":
-        return YuNetDetector(download_yunet(), min_face=limit)
-    if key.endswith(".onnx"):
-        return YuNetDetector(spec, min_face=limit)
-    raise InputError(f"--min-face applies to the YuNet detector, not to --detector {spec}")
+        detector = get_detector(detector, min_face=args.min_face or None)  # 0: full size
+    return predictor.Predictor(
+        model,
+        faces=args.faces,
+        detector=detector,
+        batch_size=args.batch_size,
+        au_threshold=args.au_threshold,
+        **options,
+    )

@@ -19,8 +19,8 @@ from affectfpn.cli._common import (
     _output_format,
     _quiet_opencv,
     _signed,
-    detector_from_args,
     logger,
+    predictor_from_args,
 )
 
 
@@ -116,7 +116,6 @@ def _annotated(results: Iterator[Any], folder: Path) -> Iterator[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from affectfpn.inference.predictor import Predictor
     from affectfpn.inference.results import write_csv
 
     fmt = _output_format(args.format, args.output)
@@ -124,12 +123,9 @@ def run(args: argparse.Namespace) -> int:
     model = _load_model(args)
     config = model.config
     _quiet_opencv(args.verbose)
-    predictor = Predictor(
+    predictor = predictor_from_args(
+        args,
         model,
-        faces=args.faces,
-        detector=detector_from_args(args),
-        batch_size=args.batch_size,
-        au_threshold=args.au_threshold,
         progress=False if args.quiet else None,
         on_error="skip" if args.skip_errors else "raise",
         recursive=args.recursive,

@@ -17,8 +17,8 @@ from affectfpn.cli._common import (
     _positive_int,
     _quiet_opencv,
     _UsageError,
-    detector_from_args,
     logger,
+    predictor_from_args,
 )
 from affectfpn.errors import InputError
 
@@ -77,7 +77,6 @@ def add_parser(command: Command) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from affectfpn.inference.predictor import Predictor
     from affectfpn.video import analyze_video, predict_video, write_video_csv
 
     if args.every_n != 1 and args.target_fps is not None:
@@ -108,14 +107,7 @@ def run(args: argparse.Namespace) -> int:
         logger.warning("%s; the plot is not written", why)
         plot = None
     _quiet_opencv(args.verbose)
-    predictor = Predictor(
-        model,
-        faces=args.faces,
-        detector=detector_from_args(args),
-        batch_size=args.batch_size,
-        au_threshold=args.au_threshold,
-        progress=False,
-    )
+    predictor = predictor_from_args(args, model, progress=False)
     selection: dict[str, Any] = {
         "every_n": args.every_n,
         "target_fps": args.target_fps,

@@ -360,6 +360,8 @@ def download_yunet() -> Path:
 #: The smallest face (shorter box side, in pixels at the network's input) that YuNet finds
 #: reliably: its finest anchors are 10-16 pixels on a stride-8 map.
 YUNET_MIN_FACE = 16.0
+#: The smallest face (pixels of the input image) that YuNetDetector keeps findable by default.
+DEFAULT_MIN_FACE = 32.0
 
 
 class YuNetDetector:
@@ -401,7 +403,7 @@ class YuNetDetector:
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         max_side: int | None = 640,
-        min_face: float | None = 32.0,
+        min_face: float | None = DEFAULT_MIN_FACE,
     ) -> None:
         _require_cv2_for_yunet()
         if not 0.0 <= score_threshold <= 1.0:
@@ -637,7 +639,9 @@ class HaarDetector:
 # --------------------------------------------------------------------------- factory
 
 
-def get_detector(spec: object = "auto") -> FaceDetector:
+def get_detector(
+    spec: object = "auto", *, min_face: float | None = DEFAULT_MIN_FACE
+) -> FaceDetector:
     """Build a face detector from a name, a model path, or return a detector object as is.
 
     Args:
@@ -646,24 +650,30 @@ def get_detector(spec: object = "auto") -> FaceDetector:
             as ``"yunet"``; the Haar cascade only where this OpenCV cannot run YuNet; the choice
             is logged), a path ending in ``.onnx`` (YuNet from that file), or any object with a
             ``detect(rgb) -> list[Detection]`` method.
+        min_face: the YuNet detector's ``min_face`` (a name or a file that builds one);
+            another value than the default is refused for ``"haar"``.
 
     Raises:
-        ConfigError: ``spec`` is none of these.
+        ConfigError: ``spec`` is none of these, or ``min_face`` with the Haar cascade.
         OfflineError / WeightsError / AffectFPNError: the chosen detector cannot be built.
     """
     if isinstance(spec, (str, os.PathLike)):
         text = os.fsdecode(os.fspath(spec))
         key = text.strip().lower()
         if key == "yunet":
-            return YuNetDetector()
+            return YuNetDetector(min_face=min_face)
         if key == "yunet-hub":
-            return YuNetDetector(download_yunet())
+            return YuNetDetector(download_yunet(), min_face=min_face)
         if key == "haar":
+            if min_face != DEFAULT_MIN_FACE:
+                raise ConfigError(
+                    f"min_face applies to the YuNet detector, not to detector={text!r}"
+                )
             return HaarDetector()
         if key == "auto":
-            return _auto_detector()
+            return _auto_detector(min_face)
         if key.endswith(".onnx"):
-            return YuNetDetector(text)
+            return YuNetDetector(text, min_face=min_face)
     elif not isinstance(spec, type) and isinstance(spec, FaceDetector):
         return spec
     names = ", ".join(repr(n) for n in _DETECTOR_NAMES)
@@ -673,9 +683,9 @@ def get_detector(spec: object = "auto") -> FaceDetector:
     )
 
 
-def _auto_detector() -> FaceDetector:
+def _auto_detector(min_face: float | None = DEFAULT_MIN_FACE) -> FaceDetector:
     try:
-        detector = YuNetDetector()
+        detector = YuNetDetector(min_face=min_face)
     except AffectFPNError as yunet_error:  # old OpenCV, a damaged file
         try:
             haar = HaarDetector()
