@@ -850,6 +850,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike[str], durable: bool) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it when the block ends without an error."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(out)
+    usual = stat.S_IMODE(tmp.stat().st_mode)  # 0666 less the umask in force now
+    try:
+        yield tmp
+        # A writer may have replaced the file with one of its own mode (safetensors writes 0600).
+        os.chmod(tmp, usual)
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        _fsync_dir(out.parent)
+
+
 def atomic_write(
     path: str | os.PathLike[str], write: Callable[[Path], object], *, durable: bool = False
 ) -> Path:
@@ -861,23 +882,9 @@ def atomic_write(
     file and the folder are flushed to disk before and after the rename (checkpoints). The
     folder is created if needed. Returns ``path``.
     """
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(out)
-    usual = stat.S_IMODE(tmp.stat().st_mode)  # 0666 less the umask in force now
-    try:
+    with _replacing(path, durable) as tmp:
         write(tmp)
-        # A writer may have replaced the file with one of its own mode (safetensors writes 0600).
-        os.chmod(tmp, usual)
-        if durable:
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if durable:
-        _fsync_dir(out.parent)
-    return out
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -891,17 +898,5 @@ def atomic_open(
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes new files: mode 'w' or 'wb', not {mode!r}")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_beside(out)
-    try:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if durable:
-        _fsync_dir(out.parent)
+    with _replacing(path, durable) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle

@@ -172,19 +172,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _card_accuracy(name: str) -> float | None:
-    """The whole-``test`` accuracy in an embedded model's ``evaluation.json``, if it has one."""
-    import json
+    """The whole-``test`` accuracy that the registry holds for a model, if any."""
+    from affectfpn.models.registry import get_model_info
 
-    from affectfpn.models.registry import get_model_info, package_weights_dir
-
-    info = get_model_info(name)
-    if info.source != "package":
-        return None
-    path = package_weights_dir(info) / "evaluation.json"
-    if not path.is_file():
-        return None
-    report = json.loads(path.read_text()).get("fer2013-test", {})
-    value = report.get("metrics", {}).get("expression", {}).get("accuracy")
+    value = get_model_info(name).metrics.get("fer2013-test", {}).get("accuracy")
     return None if value is None else float(value)
 
 

@@ -17,7 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from affectfpn import AffectFPN, AffectFPNConfig, AffectFPNOutput, ConfigError
 from affectfpn.errors import InputError, OfflineError, WeightsError
 from affectfpn.labels import TASKS
-from affectfpn.models._fpn import pooled_conv3x3
+from affectfpn.models._fpn import FeaturePyramid
 
 LIGHT_BACKBONES = ("resnet18", "resnet18_half", "mobilenet_v2", "mobilenet_v3_large")
 #: The heavier backbones run for one task subset each (resnet34 has resnet18's blocks and widths,
@@ -493,13 +493,15 @@ def test_damaged_backbone_safetensors_is_a_weights_error(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5), (12, 12)])
-def test_pooled_conv3x3_equals_the_mean_of_the_convolution(size: tuple[int, int]) -> None:
+def test_pooled_3x3_equals_the_mean_of_the_convolution(size: tuple[int, int]) -> None:
+    """One level: the window sums meet the smoothing kernel as its mean over the map would."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(6, 5, kernel_size=3, padding=1)
+    neck = FeaturePyramid((6,), 5, extra_level=False)
+    conv = neck.smooth[0]
     x = torch.randn(3, 6, *size, requires_grad=True)
-    fast = pooled_conv3x3(x, conv)
+    (fast,) = neck.pooled([x])
     (fast_grad,) = torch.autograd.grad(fast.square().sum(), x)
-    slow = conv(x).mean(dim=(2, 3))
+    slow = conv(neck.lateral[0](x)).mean(dim=(2, 3))
     (slow_grad,) = torch.autograd.grad(slow.square().sum(), x)
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(fast_grad, slow_grad, atol=1e-6, rtol=1e-5)

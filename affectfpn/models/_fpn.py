@@ -9,31 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def pooled_conv3x3(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(x).mean(dim=(2, 3))`` for a 3x3, stride-1, zero-padded ``conv``, without the map.
-
-    The spatial mean of a convolution is linear in its input: it equals the kernel applied to the
-    nine means of ``x`` over the map shifted by -1, 0 and +1 row and column, where a shift drops
-    the last or first row (column) off the map. Each such sum is the whole map's sum less one
-    edge row and one edge column, plus their corner (inclusion-exclusion). The cost drops from
-    ``9 * C_in * C_out`` multiply-adds per pixel to a few additions per pixel plus one
-    ``9 * C_in * C_out`` product per image. Outputs and gradients are the convolution's, up to
-    float rounding; only slicing and sums are used, so tracing and ONNX export keep the batch
-    and the map size dynamic.
-    """
-    total = x.sum(dim=(2, 3))[..., None, None]  # N x C x 1 x 1
-    # kernel row 0 reads one row up, so it never sees the last row; row 2 never sees the first
-    rows = torch.stack([x[:, :, -1, :], torch.zeros_like(x[:, :, 0, :]), x[:, :, 0, :]], dim=2)
-    corners = torch.stack(
-        [rows[..., -1], torch.zeros_like(rows[..., 0]), rows[..., 0]], dim=3
-    )  # N x C x 3 x 3: the dropped row's value in the dropped column
-    row_sums = rows.sum(dim=3)[..., :, None]  # N x C x 3 x 1
-    cols = torch.stack([x[..., -1], torch.zeros_like(x[..., 0]), x[..., 0]], dim=3)
-    col_sums = cols.sum(dim=2)[..., None, :]  # N x C x 1 x 3
-    windows = (total - row_sums - col_sums + corners) / (x.shape[-2] * x.shape[-1])
-    return F.conv2d(windows, conv.weight, conv.bias).flatten(1)
-
-
 @functools.lru_cache(maxsize=64)
 def _window_weights(
     sizes: tuple[tuple[int, int], ...], extra_level: bool
@@ -41,8 +16,8 @@ def _window_weights(
     """For each backbone map, the weights that give every pooled level's 3x3 window sums.
 
     A zero-padded 3x3 convolution's spatial mean is its kernel applied to nine window sums of
-    its input: the sum of the pixels that kernel tap ``(ky, kx)`` reads, over all output pixels
-    (see :func:`pooled_conv3x3`). For the merged map ``M_i`` (H x W) these sums are
+    its input: the sum of the pixels that kernel tap ``(ky, kx)`` reads, over all output pixels.
+    For the merged map ``M_i`` (H x W) these sums are
     ``A[ky] @ M_i @ B[kx]^T``: ``A`` (3 x H) marks the rows each kernel row reads (all but the
     last, all, all but the first), ``B`` the same for columns. As ``M_i = lateral_i(C_i) +
     up(M_i+1)`` and nearest upsampling is a 0/1 matrix on each axis, the same sums on ``M_i+1``
