@@ -11,8 +11,9 @@ group photos, a large greyscale photo, an RGBA PNG, an image without faces), rep
 on it in two ways, alternating in rounds:
 
 * ``sequential``: no loader threads, so the stages do not overlap and add up to the total; the
-  time is broken down into decode (``load_image``: reading, decoding, conversion to RGB),
-  detect (the detector's ``detect``, including its downscaling to 640 px), align (the 5-point
+  time is broken down into decode (``load_image``: reading, decoding, conversion to RGB; a
+  large JPEG is decoded at the fraction of its size YuNet would shrink it to anyway), detect
+  (the detector's ``detect``, including what is left of its downscaling), align (the 5-point
   warp of each face to the model's input size), model (the forward pass) and the rest (batching,
   normalisation, results);
 * ``pipelined``: the Predictor's default loader threads, which decode, detect and align the next
@@ -88,11 +89,17 @@ class StageClock:
 
 
 class TimedDetector:
-    """A detector wrapper whose ``detect`` is timed by a :class:`StageClock`."""
+    """A detector wrapper whose ``detect`` is timed by a :class:`StageClock`.
+
+    It forwards ``scale_for`` too, so that the Predictor decodes large JPEGs reduced for it as
+    it does for the YuNet detector itself.
+    """
 
     def __init__(self, inner: Any, clock: StageClock) -> None:
         self.inner = inner
         self.detect = clock.wrap("detect", inner.detect)
+        if hasattr(inner, "scale_for"):
+            self.scale_for = inner.scale_for
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"detector: {detector!r}")
     print(
         f"setting:  {len(photos)} photos x {args.repeat} = {len(inputs)} images, batch "
-        f"{args.batch_size}; pipelined run with {pipelined.num_workers} loader thread(s); "
+        f"{args.batch_size}; pipelined run with {pipelined.encoded_num_workers} loader thread(s); "
         f"{args.rounds} rounds"
     )
 
@@ -225,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\npipelined: {timings['pipelined'].median:.1f} images/s, "
         f"{paired_ratio(timings, 'pipelined', 'sequential'):.2f}x the sequential run "
-        f"({pipelined.num_workers} loader thread(s) beside {args.threads} torch thread(s) on "
-        f"{usable_cores()} usable core(s))"
+        f"({pipelined.encoded_num_workers} loader thread(s) beside {args.threads} torch "
+        f"thread(s) on {usable_cores()} usable core(s))"
     )
     finish()
 

@@ -12,6 +12,7 @@ from affectfpn.inference.align import (
     ARCFACE_TEMPLATE_112,
     DEFAULT_ALIGN_MARGIN,
     align_face,
+    alignment_scale,
     alignment_transform,
     crop_box,
     face_template,
@@ -157,6 +158,46 @@ def test_no_landmarks_means_box_crop() -> None:
     np.testing.assert_array_equal(
         align_face(grey, det, (64, 64)), align_face(np.dstack([grey] * 3), det, (64, 64))
     )
+
+
+def _ramp(size: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    return np.stack([xs * 0.6, ys * 0.6, (xs + ys) * 0.2], -1)
+
+
+def test_a_reduced_image_aligns_like_the_full_one() -> None:
+    # A smooth ramp, and the same ramp averaged over 4 x 4 blocks (what libjpeg's 1/4 scaled
+    # decoding gives): pixel j of the reduced image covers full pixels 4j .. 4j + 3.
+    ramp = _ramp(400)
+    full = ramp.round().astype(np.uint8)
+    reduced = ramp.reshape(100, 4, 100, 4, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+    template = face_template((48, 48))
+    matrix = _similarity(15.0, 5.0, 90.0, 60.0)  # output -> image: a face of about 240 px
+    points = template @ matrix[:, :2].T + matrix[:, 2]
+    box = (*points.min(axis=0), *points.max(axis=0))
+    landmarked = Detection(box=box, score=1.0, landmarks=points)
+    for detection in (landmarked, Detection((60.0, 50.0, 330.0, 340.0), 1.0)):
+        assert alignment_scale(detection, (48, 48)) < 0.25  # shrunk more than 4x
+        expected = align_face(full, detection, (48, 48)).astype(int)
+        got = align_face(reduced, detection, (48, 48), reduction=4).astype(int)
+        # Same pixels up to rounding; a reduced image read as if pixel j covered 4j .. 4j + 4
+        # (no half-block offset) is off by 1.5 full pixels, about 0.9 grey levels here.
+        assert np.abs(got - expected).mean() < 0.4
+        np.testing.assert_array_equal(
+            align_face(full, detection, (48, 48), reduction=1), expected.astype(np.uint8)
+        )
+    with pytest.raises(InputError, match="reduction"):
+        align_face(reduced, landmarked, (48, 48), reduction=0)
+
+
+def test_alignment_scale_is_output_pixels_per_image_pixel() -> None:
+    assert alignment_scale(Detection((0, 0, 100, 100), 1.0), (50, 50), box_margin=0) == (
+        pytest.approx(0.5)
+    )
+    template = face_template((64, 64))
+    big = template * 3.0 + 7.0  # the template three times as large
+    detection = Detection(box=(0, 0, 200, 200), score=1.0, landmarks=big)
+    assert alignment_scale(detection, (64, 64)) == pytest.approx(1 / 3, rel=1e-6)
 
 
 @pytest.mark.parametrize("size", [(0, 10), (10,), "ab", (-1, -1)])

@@ -463,3 +463,46 @@ def test_detection_validates_and_normalises() -> None:
 def test_detection_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         Detection(**kwargs)
+
+
+def test_shrink_is_checked_and_large_shrinks_keep_the_coordinates(yunet_path: Path) -> None:
+    from affectfpn.inference.detectors import ShrinkingDetector, _area_shrink
+
+    detector = YuNetDetector(yunet_path)
+    assert isinstance(detector, ShrinkingDetector)
+    image = np.zeros((40, 40, 3), np.uint8)
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(InputError, match="shrink must be in"):
+            detector.detect(image, shrink=bad)
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:1036, 0:1524]
+    ramp = np.stack([xs / 6, ys / 5, (xs + ys) / 10], -1) + rng.normal(0, 3, (1036, 1524, 3))
+    photo = ramp.clip(0, 255).astype(np.uint8)
+    direct = cv2.resize(photo, (640, 435), interpolation=cv2.INTER_AREA)
+    shrunk, covered_w, covered_h = _area_shrink(photo, 640, 435)
+    assert shrunk.shape == direct.shape
+    assert (covered_w, covered_h) == (1524, 1036)  # 2 x 2 blocks fit exactly
+    assert np.abs(shrunk.astype(int) - direct).mean() < 1.0
+    # 1001 x 667 to 250 x 166: 4 x 4 blocks cover 1000 x 664; the ramp stays where it was
+    odd = photo[:667, :1001]
+    shrunk, covered_w, covered_h = _area_shrink(odd, 250, 166)
+    assert (covered_w, covered_h) == (1000, 664)
+    assert shrunk.shape == (166, 250, 3)
+    centre_x = (np.arange(250) + 0.5) * covered_w / 250  # the column each output pixel averages
+    np.testing.assert_allclose(shrunk[:, :, 0].mean(axis=0), centre_x / 6, atol=1.0)
+
+
+@pytest.mark.shared
+def test_a_reduced_photo_with_the_rest_of_the_shrink_finds_the_same_face(
+    yunet: YuNetDetector, samples_dir: Path
+) -> None:
+    path = samples_dir / "BWPictureHuman.jpg"
+    full = load_image(path)
+    reduced = load_image(path, reduce=lambda w, h: 1 / yunet.scale_for(w, h))
+    assert reduced.reduction == 4
+    expected = yunet.detect(full.rgb)
+    shrink = yunet.scale_for(*reduced.full_size) * reduced.reduction
+    found = yunet.detect(reduced.rgb, shrink=shrink)
+    assert len(found) == len(expected) == 1
+    got = np.array(found[0].box) * 4
+    assert np.abs(got - np.array(expected[0].box)).max() < 6.0  # pixels of the 2560 px photo

@@ -582,3 +582,103 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
 
     atomic_write(target, private)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+# ------------------------------------------------------------------------ reduced JPEG decoding
+def _smooth_jpeg(width: int, height: int, **params: object) -> bytes:
+    ys, xs = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xs * 200 // width, ys * 200 // height, (xs + ys) * 100 // (width + height)], -1)
+    return _png_bytes(Image.fromarray(rgb.astype(np.uint8)), "JPEG", quality=95, **params)
+
+
+def _area_shrunk(rgb: np.ndarray, factor: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return rgb.reshape(h // factor, factor, w // factor, factor, 3).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize(
+    ("allowed", "expected"), [(1.0, 1), (1.9, 1), (2.0, 2), (5.3, 4), (64.0, 8)]
+)
+def test_jpeg_is_decoded_reduced_by_what_the_caller_allows(allowed: float, expected: int) -> None:
+    data = _smooth_jpeg(128, 96)
+    seen: list[tuple[int, int]] = []
+
+    def reduce(width: int, height: int) -> float:
+        seen.append((width, height))
+        return allowed
+
+    image = load_image(data, reduce=reduce)
+    assert seen == [(128, 96)]  # asked once, with the file's own size
+    assert image.reduction == expected
+    assert image.rgb.shape == (96 // expected, 128 // expected, 3)
+    assert image.full_size == (128, 96)
+    full = load_image(data).rgb
+    # libjpeg's scaled decoding is an area average of the full image, up to rounding
+    assert np.abs(image.rgb - _area_shrunk(full, expected)).mean() < 1.5
+    # full() decodes the very pixels of an ordinary load
+    assert np.array_equal(image.full().rgb, full)
+    assert image.full().reduction == 1
+
+
+def test_reduction_divides_both_sides_or_is_not_used() -> None:
+    # 4 divides 36 and 44 but 8 does not: the largest usable reduction is 4
+    assert load_image(_smooth_jpeg(44, 36), reduce=lambda w, h: 8.0).reduction == 4
+    # 53 x 37 has no even side: decoded in full, exactly as without reduce
+    odd = _smooth_jpeg(53, 37)
+    image = load_image(odd, reduce=lambda w, h: 8.0)
+    assert image.reduction == 1
+    assert image.full() is image
+    assert np.array_equal(image.rgb, load_image(odd).rgb)
+
+
+def test_reduced_decoding_keeps_the_exif_orientation() -> None:
+    rotated = Image.Exif()
+    rotated[0x0112] = 6  # stored sideways: the upright image is 96 wide and 128 high
+    data = _smooth_jpeg(128, 96, exif=rotated)
+    full = load_image(data).rgb
+    assert full.shape == (128, 96, 3)
+    image = load_image(data, reduce=lambda w, h: 4.0)
+    assert image.reduction == 4
+    assert image.rgb.shape == (32, 24, 3)
+    assert image.full_size == (96, 128)
+    assert np.abs(image.rgb - _area_shrunk(full, 4)).mean() < 1.5
+
+
+def test_only_jpeg_paths_and_bytes_are_reduced(tmp_path: Path) -> None:
+    data = _smooth_jpeg(64, 64)
+    path = tmp_path / "face.jpg"
+    path.write_bytes(data)
+    always = lambda w, h: 8.0  # noqa: E731
+    assert load_image(path, reduce=always).reduction == 8
+    assert load_image(str(path), reduce=always).reduction == 8
+    assert load_image(bytearray(data), reduce=always).reduction == 8
+    png = _png_bytes(Image.open(io.BytesIO(data)))
+    others: list[object] = [
+        png,
+        io.BytesIO(data),
+        Image.open(io.BytesIO(data)),
+        load_image(data).rgb,
+    ]
+    for other in others:
+        assert load_image(other, reduce=always).reduction == 1
+
+
+def test_reduced_decoding_still_refuses_bombs_and_broken_files() -> None:
+    data = _smooth_jpeg(64, 64)
+    with pytest.raises(InputError, match="more than the limit"):
+        load_image(data, max_pixels=100, reduce=lambda w, h: 8.0)
+    truncated = data[:-40]
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_image(truncated, reduce=lambda w, h: 8.0)
+
+
+def test_alpha_is_dropped_keeping_colour_and_whitening_invisible_pixels() -> None:
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (19, 23, 4), dtype=np.uint8)
+    rgba[::3, ::2, 3] = 0
+    expected = rgba[..., :3].copy()
+    expected[rgba[..., 3] == 0] = 255
+    for source in (rgba, _png_bytes(Image.fromarray(rgba, "RGBA"))):
+        got = load_image(source).rgb
+        assert got.flags.c_contiguous
+        assert np.array_equal(got, expected)

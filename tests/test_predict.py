@@ -17,6 +17,7 @@ from affectfpn.inference import (
     Detection,
     ImagePrediction,
     Predictor,
+    align_face,
     load_image,
     predict,
     predict_iter,
@@ -121,15 +122,24 @@ def test_same_image_in_every_input_form_gives_the_same_prediction(
         "bytes": path.read_bytes(),
         "file": io.BytesIO(path.read_bytes()),
     }
+    # A JPEG named by its path or given as bytes is decoded at half size (YuNet would shrink
+    # this 572 x 562 photo by half anyway, see test_large_jpegs_are_decoded_reduced); the
+    # other forms hold the full-size pixels. Each group agrees exactly, the two nearly.
+    encoded = ("path", "str", "bytes")
     reference = predict(model, path, detector=str(yunet_path))
+    decoded_reference = predict(model, rgb, detector=str(yunet_path))
     assert isinstance(reference, ImagePrediction)  # a single input gives a single result
-    assert len(reference) == 1
+    assert isinstance(decoded_reference, ImagePrediction)
+    assert len(reference) == len(decoded_reference) == 1
+    assert np.allclose(reference[0].box, decoded_reference[0].box, atol=2.0)
+    np.testing.assert_allclose(_values(reference), _values(decoded_reference), atol=0.05)
     for kind, value in forms.items():
         result = predict(model, value, detector=str(yunet_path), bgr=kind == "bgr array")
         assert isinstance(result, ImagePrediction), kind
         assert len(result) == 1, kind
-        assert np.allclose(result[0].box, reference[0].box, atol=1e-3), kind
-        np.testing.assert_allclose(_values(result), _values(reference), atol=TOL, err_msg=kind)
+        expected = reference if kind in encoded else decoded_reference
+        assert np.allclose(result[0].box, expected[0].box, atol=1e-3), kind
+        np.testing.assert_allclose(_values(result), _values(expected), atol=TOL, err_msg=kind)
     # without bgr=True a BGR array is read as RGB: the colours, and so the outputs, differ
     swapped = predict(model, np.ascontiguousarray(rgb[..., ::-1]), detector=str(yunet_path))
     assert isinstance(swapped, ImagePrediction)
@@ -501,3 +511,118 @@ def test_predictor_follows_weight_changes(model: AffectFPN) -> None:
         np.testing.assert_allclose(_values(predictor.predict(images)), before, atol=TOL)
     finally:
         model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- reduced decoding
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.mark.shared
+def test_large_jpegs_are_decoded_reduced(
+    model: AffectFPN, samples_dir: Path, yunet_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import affectfpn.inference.predictor as predictor_module
+
+    loaded: list[tuple[int, tuple[int, int]]] = []
+    real = predictor_module.load_image
+
+    def spy(*args: object, **kwargs: object) -> object:
+        image = real(*args, **kwargs)  # type: ignore[arg-type]
+        loaded.append((image.reduction, image.rgb.shape[:2]))
+        return image
+
+    monkeypatch.setattr(predictor_module, "load_image", spy)
+    path = samples_dir / "BWPictureHuman.jpg"  # 2560 x 1912: YuNet looks at it at 640 x 478
+    result = predict(model, path, detector=str(yunet_path))
+    assert loaded == [(4, (478, 640))]
+    assert isinstance(result, ImagePrediction)
+    assert (result.width, result.height) == (2560, 1912)  # sizes and boxes of the full photo
+    full = predict(model, load_image(path).rgb, detector=str(yunet_path))
+    assert isinstance(full, ImagePrediction)
+    assert len(result) == len(full) == 1
+    assert _iou(result[0].box, full[0].box) > 0.95
+    assert result[0].landmarks is not None
+    assert full[0].landmarks is not None
+    assert np.abs(np.subtract(result[0].landmarks, full[0].landmarks)).max() < 4.0
+    np.testing.assert_allclose(_values(result), _values(full), atol=0.05)
+
+
+class _QuarterDetector:
+    """Says it shrinks images by 4, and finds a large and a small face (reduced pixels)."""
+
+    def __init__(self) -> None:
+        self.shrinks: list[float | None] = []
+
+    def scale_for(self, width: int, height: int) -> float:
+        return 0.25
+
+    def detect(self, rgb: np.ndarray, *, shrink: float | None = None) -> list[Detection]:
+        self.shrinks.append(shrink)
+        return [
+            Detection(box=(10, 12, 90, 92), score=0.9),  # 320 px at full size
+            Detection(box=(40, 40, 44, 44), score=0.5),  # 16 px at full size
+        ]
+
+
+def test_small_faces_are_cut_from_the_full_image(model: AffectFPN) -> None:
+    from affectfpn.inference.predictor import _Prepared
+
+    rng = np.random.default_rng(7)
+    ys, xs = np.mgrid[0:400, 0:400]
+    rgb = np.stack([xs * 0.6, ys * 0.6, (xs + ys) * 0.3], -1) + rng.normal(0, 2, (400, 400, 3))
+    data = io.BytesIO()
+    Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(data, "JPEG", quality=95)
+    detector = _QuarterDetector()
+    predictor = Predictor(model, detector=detector, num_workers=0)
+    prepared = predictor._prepare(("photo", data.getvalue()))
+    assert isinstance(prepared, _Prepared)
+    assert detector.shrinks == [1.0]  # reduced by 4 already: nothing left to shrink
+    assert (prepared.width, prepared.height) == (400, 400)
+    assert prepared.detections is not None
+    big, small = prepared.detections
+    assert big.box == (40.0, 48.0, 360.0, 368.0)  # in full-size pixels
+    assert small.box == (160.0, 160.0, 176.0, 176.0)
+    full = load_image(data.getvalue()).rgb
+    size = model.config.input_size
+    # the small face would be enlarged from the reduced image: it is cut from the full one
+    np.testing.assert_array_equal(prepared.crops[1], align_face(full, small, size))
+    # the large one is shrunk either way: cut from the reduced image, nearly the same pixels
+    assert np.abs(prepared.crops[0].astype(int) - align_face(full, big, size)).mean() < 2.0
+    # an array input is never reduced: the detector shrinks it itself
+    detector.shrinks.clear()
+    predictor._prepare(("array", full))
+    assert detector.shrinks == [None]
+
+
+def test_encoded_photos_get_a_loader_thread_per_core(
+    model: AffectFPN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import affectfpn.inference.predictor as predictor_module
+
+    used: list[int] = []
+    real = predictor_module._prefetch
+
+    def spy(items: object, fn: object, workers: int, depth: int) -> object:
+        used.append(workers)
+        return real(items, fn, workers, depth)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predictor_module, "_prefetch", spy)
+    monkeypatch.setattr(predictor_module, "_available_cores", lambda: 3)
+    torch_threads = torch.get_num_threads()
+    image = _random_images(1, size=(50, 60))[0]
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, "PNG")
+    default = Predictor(model, detector=_FixedDetector())
+    default.predict([encoded.getvalue()])
+    default.predict([image])
+    assert used == [3, max(0, 3 - torch_threads)]
+    used.clear()
+    Predictor(model, detector=_FixedDetector(), num_workers=1).predict([encoded.getvalue()])
+    Predictor(model, faces="crop").predict([encoded.getvalue()])  # crops: the model dominates
+    assert used == [1, max(0, 3 - torch_threads)]

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_ALIGN_MARGIN",
     "DEFAULT_BOX_MARGIN",
     "align_face",
+    "alignment_scale",
     "alignment_transform",
     "crop_box",
     "face_template",
@@ -255,6 +256,7 @@ def align_face(
     *,
     margin: float = DEFAULT_ALIGN_MARGIN,
     box_margin: float = DEFAULT_BOX_MARGIN,
+    reduction: int = 1,
 ) -> np.ndarray:
     """Cut out one face, aligned on its landmarks when it has them.
 
@@ -265,10 +267,34 @@ def align_face(
         output_size: ``(height, width)`` of the result, e.g. the model's ``input_size``.
         margin: border around the template (see the module docs).
         box_margin: crop growth used when there are no landmarks.
+        reduction: ``rgb`` is the image the detection refers to shrunk by this whole factor
+            (e.g. a JPEG decoded at 1/4 of its size, :attr:`affectfpn.io.LoadedImage.reduction`):
+            its pixel ``j`` covers pixels ``reduction * j`` to ``reduction * j + reduction - 1``.
 
     Returns:
         ``height x width x 3`` ``uint8`` RGB array.
     """
     size = _check_size(output_size)
     matrix = alignment_transform(detection, size, margin=margin, box_margin=box_margin)
+    if reduction != 1:
+        if not isinstance(reduction, int) or reduction < 1:
+            raise InputError(
+                f"align_face: reduction must be a whole number >= 1, got {reduction!r}"
+            )
+        # Full-size pixel index = reduction * j + (reduction - 1) / 2 (pixel centres).
+        offset = (reduction - 1) / 2.0
+        shift = matrix[:, 2] + matrix[:, :2].sum(axis=1) * offset
+        matrix = np.hstack([matrix[:, :2] * reduction, shift[:, None]])
     return _warp(_as_rgb(rgb), matrix, size)
+
+
+def alignment_scale(
+    detection: Detection,
+    output_size: Sequence[int],
+    *,
+    margin: float = DEFAULT_ALIGN_MARGIN,
+    box_margin: float = DEFAULT_BOX_MARGIN,
+) -> float:
+    """Output pixels per image pixel of :func:`align_face`'s warp (< 1: the face is shrunk)."""
+    matrix = alignment_transform(detection, output_size, margin=margin, box_margin=box_margin)
+    return math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))

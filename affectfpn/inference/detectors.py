@@ -41,6 +41,7 @@ __all__ = [
     "Detection",
     "FaceDetector",
     "HaarDetector",
+    "ShrinkingDetector",
     "YuNetDetector",
     "default_yunet",
     "download_yunet",
@@ -167,6 +168,23 @@ class FaceDetector(Protocol):
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         """Find the faces in ``rgb``."""
+        ...
+
+
+@runtime_checkable
+class ShrinkingDetector(FaceDetector, Protocol):
+    """A detector that shrinks large images itself, and says by how much beforehand.
+
+    The Predictor then decodes a large JPEG at (up to) that fraction of its size straight away,
+    and passes what remains of the factor to ``detect``. :class:`YuNetDetector` is one.
+    """
+
+    def scale_for(self, width: int, height: int) -> float:
+        """The factor (<= 1) by which an image of this size is shrunk before detection."""
+        ...
+
+    def detect(self, rgb: np.ndarray, *, shrink: float | None = None) -> list[Detection]:
+        """Find the faces in ``rgb``, shrunk by ``shrink`` (default ``scale_for`` its size)."""
         ...
 
 
@@ -483,12 +501,16 @@ class YuNetDetector:
             factor = min(factor, YUNET_MIN_FACE / self.min_face)
         return factor
 
-    def detect(self, rgb: np.ndarray) -> list[Detection]:
+    def detect(self, rgb: np.ndarray, *, shrink: float | None = None) -> list[Detection]:
         """Detect faces.
 
         Args:
             rgb: ``H x W x 3`` ``uint8`` RGB image (grey, RGBA and other arrays that
                 :func:`~affectfpn.io.array_to_rgb` accepts are converted).
+            shrink: the factor (<= 1) by which to shrink ``rgb`` for the network; default
+                :meth:`scale_for` of its size. A caller that already holds the image reduced
+                (e.g. a JPEG decoded at 1/4 of its size) passes what is left of the full
+                image's factor, so that ``min_face`` keeps counting full-size pixels.
 
         Returns:
             Detections in ``rgb``'s pixel coordinates, best score first; boxes are clipped to
@@ -497,18 +519,24 @@ class YuNetDetector:
         image = _as_rgb(rgb)
         height, width = image.shape[:2]
         net_w, net_h = width, height
-        factor = self.scale_for(width, height)
+        if shrink is None:
+            factor = self.scale_for(width, height)
+        elif not (0.0 < shrink <= 1.0):
+            raise InputError(f"YuNetDetector.detect: shrink must be in (0, 1], got {shrink!r}")
+        else:
+            factor = shrink
+        covered_w, covered_h = width, height  # the part of the image the network sees
         if factor < 1.0:
             net_w = max(1, round(width * factor))
             net_h = max(1, round(height * factor))
-            image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_AREA)
+            image, covered_w, covered_h = _area_shrink(image, net_w, net_h)
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         with self._lock:
             self._net.setInputSize((net_w, net_h))
             _, faces = self._net.detect(bgr)
         if faces is None or len(faces) == 0:
             return []
-        sx, sy = width / net_w, height / net_h
+        sx, sy = covered_w / net_w, covered_h / net_h
         detections = []
         for row in np.asarray(faces, dtype=np.float64):
             x, y, w, h = row[0:4]
@@ -524,6 +552,30 @@ class YuNetDetector:
             )
         detections.sort(key=lambda d: d.score, reverse=True)
         return detections
+
+
+def _area_shrink(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, int, int]:
+    """``image`` shrunk to ``width x height`` by area averaging.
+
+    OpenCV averages whole ``k x k`` blocks several times faster than it resamples by a
+    fractional factor (4.5 against 8.2 ms from 1524 x 1036 to 640 x 435 on one core), so a large
+    shrink first averages whole blocks, then resamples the rest (a factor between 1/2 and 1).
+    The image's last ``< k`` columns and rows are dropped for the block step: returned are the
+    result and the width and height of the part of ``image`` it covers.
+    """
+    full_h, full_w = image.shape[:2]
+    k = min(full_w // width, full_h // height)
+    if k < 2:
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), full_w, full_h
+    covered_w, covered_h = full_w - full_w % k, full_h - full_h % k
+    blocks = cv2.resize(
+        image[:covered_h, :covered_w],
+        (covered_w // k, covered_h // k),
+        interpolation=cv2.INTER_AREA,
+    )
+    if blocks.shape[:2] != (height, width):
+        blocks = cv2.resize(blocks, (width, height), interpolation=cv2.INTER_AREA)
+    return blocks, covered_w, covered_h
 
 
 # --------------------------------------------------------------------------- Haar
