@@ -795,21 +795,7 @@ def predict(
     model: nn.Module, inputs: ManyInputs, **options: Unpack[PredictOptions]
 ) -> list[ImagePrediction]: ...
 def predict(
-    model: nn.Module,
-    inputs: object,
-    *,
-    faces: str = "detect",
-    detector: str | os.PathLike[str] | FaceDetector = "auto",
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    au_threshold: float = 0.5,
-    bgr: bool = False,
-    progress: bool | None = None,
-    num_workers: int | None = None,
-    on_error: str = "raise",
-    recursive: bool = False,
-    amp: bool | None = None,
-    compile_model: bool = False,
+    model: nn.Module, inputs: object, **options: Unpack[PredictOptions]
 ) -> ImagePrediction | list[ImagePrediction]:
     """Predict valence/arousal, expression and action units for every face in the inputs.
 
@@ -823,22 +809,10 @@ def predict(
             ``H x W`` / ``H x W x 3`` / ``H x W x 4``, a tensor ``C x H x W``, uint8 or float in
             [0, 1]) or many: a directory, a glob pattern, an ``N x H x W x C`` array, an
             ``N x C x H x W`` tensor, or any list or iterable of these.
-        faces: ``"detect"`` or ``"crop"``; see above.
-        detector: ``"auto"``, ``"yunet"``, ``"haar"``, a YuNet ``.onnx`` path, or a detector
-            object (ignored with ``faces="crop"``).
-        batch_size: Faces per forward pass (faces of several images share a batch).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``; ``None`` keeps the
-            model's device. Another device moves the model.
-        au_threshold: Probability from which an action unit counts as active.
-        bgr: numpy arrays are in OpenCV's BGR(A) order.
-        progress: tqdm progress bar; ``None``: only for long inputs of known length on a
-            terminal.
-        num_workers: Loader threads overlapping decoding and detection with the model (0: none).
-        on_error: ``"raise"`` or ``"skip"`` unreadable inputs (logged, no result); see
-            :class:`Predictor`.
-        recursive: Search directories recursively.
-        amp: Mixed precision (default: on CUDA only).
-        compile_model: ``torch.compile`` the model (the first batch compiles it).
+        **options: Those of :class:`Predictor`, which documents them (``faces``,
+            ``detector``, ``batch_size``, ``device``, ``au_threshold``, ``bgr``, ``progress``,
+            ``num_workers``, ``on_error``, ``recursive``, ``amp``, ``compile_model``): this
+            builds one and runs it once. Build a Predictor yourself to reuse it across calls.
 
     Returns:
         An :class:`ImagePrediction` for a single image, else a list of them in input order.
@@ -853,22 +827,7 @@ def predict(
         >>> result = predict(model, "group.jpg")                        # doctest: +SKIP
         >>> [(f.face_id, f.expression.label) for f in result]           # doctest: +SKIP
     """
-    predictor = Predictor(
-        model,
-        faces=faces,
-        detector=detector,
-        batch_size=batch_size,
-        device=device,
-        au_threshold=au_threshold,
-        bgr=bgr,
-        progress=progress,
-        num_workers=num_workers,
-        on_error=on_error,
-        recursive=recursive,
-        amp=amp,
-        compile_model=compile_model,
-    )
-    return predictor.predict(inputs)
+    return Predictor(model, **options).predict(inputs)
 
 
 def predict_iter(

@@ -78,13 +78,12 @@ from typing import Any, Generic, Literal, TextIO, TypeVar, cast, overload
 
 import cv2
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
+from typing_extensions import Unpack
 
 from affectfpn.errors import ConfigError, InputError
-from affectfpn.inference.detectors import FaceDetector
-from affectfpn.inference.predictor import Predictor
+from affectfpn.inference.predictor import PredictOptions, Predictor
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 from affectfpn.video.reader import CaptureLike, VideoReader
 from affectfpn.video.result import Collector, VideoResult, main_face
@@ -113,6 +112,7 @@ __all__ = [
     "FaceTracker",
     "FramePrediction",
     "VideoInfo",
+    "VideoOptions",
     "VideoResult",
     "VideoStream",
     "analyze_video",
@@ -131,13 +131,68 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 #: Frame rate of an annotated video when neither the source nor the options give one.
 _FALLBACK_FPS = 25.0
-#: Defaults of the Predictor options of predict_video (a given Predictor must not contradict).
-_PREDICTOR_DEFAULTS: dict[str, object] = {
-    "faces": "detect",
-    "detector": "auto",
-    "batch_size": 64,
-    "device": None,
+
+
+class VideoOptions(PredictOptions, total=False):
+    """The keyword options of :func:`predict_video` and :func:`analyze_video`.
+
+    Those of :class:`~affectfpn.inference.Predictor` (``faces``, ``detector``, ``batch_size``,
+    ``device``, ... as in :class:`~affectfpn.inference.predictor.PredictOptions`), used to build
+    one when a model is given, plus the video's own; ``progress`` is the video's bar.
+    """
+
+    every_n: int
+    target_fps: float | None
+    start: int | None
+    end: int | None
+    smoothing: str | None
+    alpha: float
+    window: int
+    track_iou: float
+    max_missed: int
+
+
+#: The video's own options and their defaults (the rest of VideoOptions go to the Predictor).
+_VIDEO_DEFAULTS: dict[str, Any] = {
+    "every_n": 1,
+    "target_fps": None,
+    "start": None,
+    "end": None,
+    "smoothing": None,
+    "alpha": 0.3,
+    "window": 5,
+    "track_iou": 0.3,
+    "max_missed": 10,
+    "progress": None,
 }
+
+
+def _split_options(
+    function: str, model_or_predictor: nn.Module | Predictor, options: dict[str, Any]
+) -> tuple[dict[str, Any], Predictor | None]:
+    """The video's options (defaults filled in), and the Predictor when one was given.
+
+    A model gets a Predictor built from the remaining options at the call site (after the video
+    was opened, so that a wrong path fails before a detector is loaded).
+    """
+    unknown = sorted(set(options) - set(VideoOptions.__optional_keys__))
+    if unknown:
+        raise ConfigError(
+            f"{function}() got unknown option(s) {', '.join(map(repr, unknown))}; the options "
+            f"are {', '.join(sorted(VideoOptions.__optional_keys__))}"
+        )
+    video = {key: options.get(key, default) for key, default in _VIDEO_DEFAULTS.items()}
+    for_predictor = {k: v for k, v in options.items() if k not in _VIDEO_DEFAULTS}
+    if isinstance(model_or_predictor, Predictor):
+        if for_predictor:
+            raise ConfigError(
+                f"{', '.join(sorted(for_predictor))} given with a Predictor: set them on the "
+                "Predictor instead (Predictor(model, faces=..., detector=..., batch_size=...))"
+            )
+        return video, model_or_predictor
+    video["predictor_options"] = for_predictor
+    return video, None
+
 
 #: What ``source=`` accepts: a path or URL, an OpenCV capture, or an object with its methods.
 VideoSource = str | os.PathLike[str] | cv2.VideoCapture | CaptureLike
@@ -217,30 +272,12 @@ class VideoStream(Generic[_T]):
 
 
 def _make_predictor(
-    model_or_predictor: nn.Module | Predictor,
-    *,
-    faces: str,
-    detector: str | os.PathLike[str] | FaceDetector,
-    batch_size: int,
-    device: str | torch.device | None,
+    model_or_predictor: nn.Module | Predictor, given: Predictor | None, options: dict[str, Any]
 ) -> Predictor:
-    if isinstance(model_or_predictor, Predictor):
-        given = {"faces": faces, "detector": detector, "batch_size": batch_size, "device": device}
-        clashing = [k for k, v in given.items() if v != _PREDICTOR_DEFAULTS[k]]
-        if clashing:
-            raise ConfigError(
-                f"{', '.join(clashing)} given with a Predictor: set them on the Predictor "
-                "instead (Predictor(model, faces=..., detector=..., batch_size=..., device=...))"
-            )
-        return model_or_predictor
-    return Predictor(
-        model_or_predictor,
-        faces=faces,
-        detector=detector,
-        batch_size=batch_size,
-        device=device,
-        progress=False,
-    )
+    if given is not None:
+        return given
+    assert not isinstance(model_or_predictor, Predictor)
+    return Predictor(model_or_predictor, **{**options, "progress": False})
 
 
 def _planned_frames(reader: VideoReader) -> int | None:
@@ -330,22 +367,9 @@ def predict_video(
     model_or_predictor: nn.Module | Predictor,
     source: VideoSource,
     *,
-    every_n: int = ...,
-    target_fps: float | None = ...,
-    start: int | None = ...,
-    end: int | None = ...,
-    faces: str = ...,
-    detector: str | os.PathLike[str] | FaceDetector = ...,
-    batch_size: int = ...,
-    device: str | torch.device | None = ...,
-    smoothing: str | None = ...,
-    alpha: float = ...,
-    window: int = ...,
-    track_iou: float = ...,
-    max_missed: int = ...,
     tracker: FaceTracker | None = ...,
     return_frames: Literal[False] = ...,
-    progress: bool | None = ...,
+    **options: Unpack[VideoOptions],
 ) -> VideoStream[FramePrediction]: ...
 
 
@@ -354,22 +378,9 @@ def predict_video(
     model_or_predictor: nn.Module | Predictor,
     source: VideoSource,
     *,
-    every_n: int = ...,
-    target_fps: float | None = ...,
-    start: int | None = ...,
-    end: int | None = ...,
-    faces: str = ...,
-    detector: str | os.PathLike[str] | FaceDetector = ...,
-    batch_size: int = ...,
-    device: str | torch.device | None = ...,
-    smoothing: str | None = ...,
-    alpha: float = ...,
-    window: int = ...,
-    track_iou: float = ...,
-    max_missed: int = ...,
     tracker: FaceTracker | None = ...,
     return_frames: Literal[True],
-    progress: bool | None = ...,
+    **options: Unpack[VideoOptions],
 ) -> VideoStream[tuple[FramePrediction, np.ndarray]]: ...
 
 
@@ -377,22 +388,9 @@ def predict_video(
     model_or_predictor: nn.Module | Predictor,
     source: VideoSource,
     *,
-    every_n: int = 1,
-    target_fps: float | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    faces: str = "detect",
-    detector: str | os.PathLike[str] | FaceDetector = "auto",
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    smoothing: str | None = None,
-    alpha: float = 0.3,
-    window: int = 5,
-    track_iou: float = 0.3,
-    max_missed: int = 10,
     tracker: FaceTracker | None = None,
     return_frames: bool = False,
-    progress: bool | None = None,
+    **options: Unpack[VideoOptions],
 ) -> VideoStream[FramePrediction] | VideoStream[tuple[FramePrediction, np.ndarray]]:
     """Predict affect for every face in the frames of a video, streaming, one result per frame.
 
@@ -403,34 +401,33 @@ def predict_video(
 
     Args:
         model_or_predictor: An :class:`~affectfpn.AffectFPN` in eval mode, or a
-            :class:`~affectfpn.inference.Predictor` (then ``faces``, ``detector``,
-            ``batch_size`` and ``device`` are the Predictor's and must be left at their
-            defaults here).
+            :class:`~affectfpn.inference.Predictor`, which holds the prediction options.
         source: A video file path, a stream URL, or an open ``cv2.VideoCapture`` (a camera:
             ``cv2.VideoCapture(0)``; read from its current position and left open). The frame
             count may be unknown.
-        every_n: Process every n-th frame (1: all).
-        target_fps: Process about this many frames per second of video time instead (every
-            frame of a slower video). Exclusive with ``every_n > 1``.
-        start: Index of the first frame to process (default 0).
-        end: Index one past the last frame to process (exclusive; default: to the end).
-        faces: ``"detect"`` (find every face) or ``"crop"`` (each frame already is one face).
-        detector: ``"auto"``, ``"yunet"``, ``"haar"``, a YuNet ``.onnx`` path or a detector
-            object; see :class:`~affectfpn.inference.Predictor`.
-        batch_size: Faces per forward pass.
-        device: Where the model runs (``None``: where it is).
-        smoothing: ``None`` (default), ``"ema"`` (causal) or ``"centered"`` (a window with
-            lookahead); per track, see the module documentation.
-        alpha: EMA weight of the newest frame, in (0, 1]; 1 means no smoothing.
-        window: Centred window, in processed frames (odd).
-        track_iou: Smallest box IoU for a face to continue a track.
-        max_missed: Processed frames a track may go unseen before it ends.
         tracker: A :class:`FaceTracker` to use instead of a new one (``track_iou`` and
             ``max_missed`` are then ignored); its state carries over between calls.
         return_frames: Yield ``(frame_prediction, rgb)`` pairs, ``rgb`` the H x W x 3 uint8
             frame, e.g. for :func:`write_annotated_video`. Frames in flight (up to about one
             batch, plus the smoothing window) are then held in memory.
-        progress: A tqdm bar on stderr; ``None``: when stderr is a terminal.
+        **options: With a model, the options of :class:`~affectfpn.inference.Predictor`
+            (``faces="crop"`` when each frame already is one face, ``detector``,
+            ``batch_size``, ``device``, ...), which build the Predictor; with a Predictor,
+            none of them (set them on it). And the video's own (:class:`VideoOptions`):
+
+            - ``every_n``: process every n-th frame (1: all);
+            - ``target_fps``: process about this many frames per second of video time instead
+              (every frame of a slower video); exclusive with ``every_n > 1``;
+            - ``start``: index of the first frame to process (default 0);
+            - ``end``: index one past the last frame to process (default: to the end);
+            - ``smoothing``: ``None`` (default), ``"ema"`` (causal) or ``"centered"`` (a
+              window with lookahead); per track, see the module documentation;
+            - ``alpha``: EMA weight of the newest frame, in (0, 1] (default 0.3);
+            - ``window``: centred window, in processed frames, odd (default 5);
+            - ``track_iou``: smallest box IoU for a face to continue a track (default 0.3);
+            - ``max_missed``: processed frames a track may go unseen before it ends
+              (default 10);
+            - ``progress``: a tqdm bar on stderr; ``None``: when stderr is a terminal.
 
     Returns:
         A :class:`VideoStream` of :class:`FramePrediction` (or of pairs), in frame order, one
@@ -439,28 +436,30 @@ def predict_video(
     Raises:
         InputError: The video cannot be opened (at the call), or no frame of it can be decoded
             (when iterating).
-        ConfigError: An option is invalid.
+        ConfigError: An option is invalid or unknown, or a prediction option is given with a
+            Predictor.
     """
-    check_smoothing(smoothing, alpha, window)
+    video, given = _split_options("predict_video", model_or_predictor, dict(options))
+    check_smoothing(video["smoothing"], video["alpha"], video["window"])
     if tracker is None:
-        tracker = FaceTracker(iou_threshold=track_iou, max_missed=max_missed)
+        tracker = FaceTracker(iou_threshold=video["track_iou"], max_missed=video["max_missed"])
     elif not isinstance(tracker, FaceTracker):
         raise ConfigError(f"tracker must be a FaceTracker, got {type(tracker).__name__}")
     # The video first: a wrong path fails fast, before a detector is loaded.
-    reader = VideoReader(source, every_n=every_n, target_fps=target_fps, start=start, end=end)
+    reader = VideoReader(
+        source,
+        every_n=video["every_n"],
+        target_fps=video["target_fps"],
+        start=video["start"],
+        end=video["end"],
+    )
     try:
-        predictor = _make_predictor(
-            model_or_predictor,
-            faces=faces,
-            detector=detector,
-            batch_size=batch_size,
-            device=device,
-        )
+        predictor = _make_predictor(model_or_predictor, given, video.get("predictor_options", {}))
     except BaseException:
         reader.close()
         raise
-    pipeline = _pipeline(reader, predictor, tracker, return_frames, progress)
-    pairs = smooth_pairs(pipeline, smoothing, alpha=alpha, window=window)
+    pipeline = _pipeline(reader, predictor, tracker, return_frames, video["progress"])
+    pairs = smooth_pairs(pipeline, video["smoothing"], alpha=video["alpha"], window=video["window"])
     if return_frames:
         with_images = cast(Iterator[tuple[FramePrediction, np.ndarray]], pairs)
         return VideoStream(with_images, reader, predictor, pipeline)
@@ -654,20 +653,7 @@ def analyze_video(
     annotated_path: str | os.PathLike[str] | None = ...,
     plot_path: str | os.PathLike[str] | None = ...,
     collect: Literal[True] = ...,
-    every_n: int = ...,
-    target_fps: float | None = ...,
-    start: int | None = ...,
-    end: int | None = ...,
-    faces: str = ...,
-    detector: str | os.PathLike[str] | FaceDetector = ...,
-    batch_size: int = ...,
-    device: str | torch.device | None = ...,
-    smoothing: str | None = ...,
-    alpha: float = ...,
-    window: int = ...,
-    track_iou: float = ...,
-    max_missed: int = ...,
-    progress: bool | None = ...,
+    **options: Unpack[VideoOptions],
 ) -> VideoResult: ...
 
 
@@ -683,20 +669,7 @@ def analyze_video(
     annotated_path: str | os.PathLike[str] | None = ...,
     plot_path: str | os.PathLike[str] | None = ...,
     collect: Literal[False],
-    every_n: int = ...,
-    target_fps: float | None = ...,
-    start: int | None = ...,
-    end: int | None = ...,
-    faces: str = ...,
-    detector: str | os.PathLike[str] | FaceDetector = ...,
-    batch_size: int = ...,
-    device: str | torch.device | None = ...,
-    smoothing: str | None = ...,
-    alpha: float = ...,
-    window: int = ...,
-    track_iou: float = ...,
-    max_missed: int = ...,
-    progress: bool | None = ...,
+    **options: Unpack[VideoOptions],
 ) -> None: ...
 
 
@@ -711,20 +684,7 @@ def analyze_video(
     annotated_path: str | os.PathLike[str] | None = None,
     plot_path: str | os.PathLike[str] | None = None,
     collect: bool = True,
-    every_n: int = 1,
-    target_fps: float | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    faces: str = "detect",
-    detector: str | os.PathLike[str] | FaceDetector = "auto",
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    smoothing: str | None = None,
-    alpha: float = 0.3,
-    window: int = 5,
-    track_iou: float = 0.3,
-    max_missed: int = 10,
-    progress: bool | None = None,
+    **options: Unpack[VideoOptions],
 ) -> VideoResult | None:
     """Analyse a video in one pass: write the requested outputs, and collect the predictions.
 
@@ -747,30 +707,14 @@ def analyze_video(
         collect: Return a :class:`VideoResult` (compact arrays, about 100 bytes per face and
             frame); ``False`` returns ``None`` and keeps nothing (a plot still keeps the
             compact arrays until it is drawn).
-        every_n, target_fps, start, end, faces, detector, batch_size, device, smoothing, alpha,
-            window, track_iou, max_missed, progress: As for :func:`predict_video`.
+        **options: As for :func:`predict_video`: the Predictor's (with a model) and the
+            video's own.
 
     Returns:
         A :class:`VideoResult`, or ``None`` when ``collect`` is ``False``.
     """
-    stream: VideoStream[Any] = predict_video(  # type: ignore[misc]
-        model_or_predictor,
-        source,
-        every_n=every_n,
-        target_fps=target_fps,
-        start=start,
-        end=end,
-        faces=faces,
-        detector=detector,
-        batch_size=batch_size,
-        device=device,
-        smoothing=smoothing,
-        alpha=alpha,
-        window=window,
-        track_iou=track_iou,
-        max_missed=max_missed,
-        return_frames=annotated_path is not None,  # type: ignore[call-overload]
-        progress=progress,
+    stream: VideoStream[Any] = predict_video(  # type: ignore[call-overload]
+        model_or_predictor, source, return_frames=annotated_path is not None, **options
     )
     info = stream.info
     if video_name is None:
@@ -788,9 +732,9 @@ def analyze_video(
             abaw_sink = AbawSink(abaw_dir, video_name, tasks=tasks)
             sinks.append(abaw_sink)
         if annotated_path is not None:
-            rate = target_fps if target_fps is not None else None
+            rate = options.get("target_fps")
             if rate is None and info.fps is not None:
-                rate = info.fps / every_n
+                rate = info.fps / options.get("every_n", 1)
             if rate is None:
                 logger.warning(
                     "%s: frame rate unknown; the annotated video is written at %g fps",
