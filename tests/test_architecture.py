@@ -22,6 +22,8 @@ Import = tuple[str, bool, list[str]]  # (imported module, at module level, names
 ALLOWED_UPWARD = {
     # ``python -m affectfpn.recipes.recipe`` (for ``torchrun -m``) is ``affectfpn train``.
     ("affectfpn.recipes.recipe", "affectfpn.cli"),
+    # ``python -m affectfpn.recipes.publish`` (kept for existing scripts) is ``affectfpn publish``.
+    ("affectfpn.recipes.publish", "affectfpn.cli"),
 }
 # Private names used across parts on purpose: none.
 ALLOWED_PRIVATE: set[tuple[str, str]] = set()

@@ -29,7 +29,7 @@ from affectfpn.inference import detectors
 from affectfpn.inference.results import table_columns
 from affectfpn.models import registry
 
-COMMANDS = ("predict", "video", "evaluate", "train", "export", "models", "download")
+COMMANDS = ("predict", "video", "evaluate", "train", "export", "publish", "models", "download")
 
 
 @pytest.fixture(scope="module")

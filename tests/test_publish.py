@@ -1,7 +1,10 @@
-"""Publishing a trained folder: figures measured, card and registry entry written."""
+"""Publishing a trained folder: figures measured, card and registry entry written; the
+``affectfpn publish`` command and its old spelling ``python -m affectfpn.recipes.publish``."""
 
 import hashlib
 import json
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +12,12 @@ import pytest
 from _fake_data import write_image_folder
 
 from affectfpn import AffectFPN, AffectFPNConfig
+from affectfpn.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from affectfpn.cli import main as cli_main
 from affectfpn.labels import ACTION_UNITS
+from affectfpn.recipes import publish as publish_module
 from affectfpn.recipes.datasets import ImageFolderExpressions, LabelTable
-from affectfpn.recipes.publish import main, publish
+from affectfpn.recipes.publish import publish
 
 UNITS = ("AU1", "AU12")
 
@@ -71,10 +77,150 @@ def test_publish_scores_the_aus_against_the_teacher(
     assert 0.0 <= report["student_active"]["AU12"]["Happiness"] <= 1.0
 
 
-def test_publish_command_checks_the_teacher_argument(
+def _command(folder: Path, *extra: str) -> list[str]:
+    """``affectfpn publish`` arguments for the fixture's model, fast (float32, no half check)."""
+    return ["--name", "tiny", "--eval", f"faces={folder}", "--full-precision", *extra]
+
+
+@pytest.fixture
+def quick_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command measures images/s for 10 s: 0.1 s is enough here."""
+    measure = publish_module.measure_throughput
+    monkeypatch.setattr(
+        publish_module,
+        "measure_throughput",
+        lambda model, **kw: measure(model, **{**kw, "seconds": 0.1}),
+    )
+
+
+def test_publish_command_writes_the_model_folder(
+    trained: tuple[Path, Path, Path],
+    tmp_path: Path,
+    quick_throughput: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source, folder, table = trained
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"description": "a tiny model", "license": "mit"}))
+    out = tmp_path / "out"
+    teacher = f"faces-teacher={folder}::{table}"
+    argv = _command(folder, "--out", str(out), "--card", str(card), "--au-teacher", teacher)
+    code = cli_main(["publish", str(source), *argv])
+    captured = capsys.readouterr()
+    assert code == EXIT_OK, captured.err
+    written = out / "tiny"
+    info = json.loads((written / "model_info.json").read_text())
+    assert json.loads(captured.out) == info["metrics"]
+    assert 0.0 <= info["metrics"]["faces"]["accuracy"] <= 1.0
+    assert 0.0 <= info["metrics"]["faces-teacher"]["AU12_auc_vs_teacher"] <= 1.0
+    assert info["description"] == "a tiny model"
+    assert info["extra"]["precision"] == "float32"
+    assert info["default"] is False
+    assert (written / "README.md").is_file()
+    assert f"published tiny to {written}" in captured.err
+
+
+def test_publish_command_writes_into_the_current_directory_by_default(
+    trained: tuple[Path, Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    quick_throughput: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source, folder, _ = trained
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code = cli_main(["publish", str(source), *_command(folder)])
+    assert code == EXIT_OK, capsys.readouterr().err
+    assert (here / "tiny" / "model_info.json").is_file()
+    assert sorted(p.name for p in here.iterdir()) == ["tiny"]
+
+
+def test_python_dash_m_recipes_publish_is_the_same_command(
+    trained: tuple[Path, Path, Path],
+    tmp_path: Path,
+    quick_throughput: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source, folder, _ = trained
+    results = []
+    for run, out in ((cli_main, "new"), (publish_module.main, "old")):
+        argv = [str(source), *_command(folder, "--out", str(tmp_path / out))]
+        code = run(["publish", *argv]) if run is cli_main else run(argv)
+        captured = capsys.readouterr()
+        assert code == EXIT_OK, captured.err
+        written = tmp_path / out / "tiny"
+        info = json.loads((written / "model_info.json").read_text())
+        # The weights' bytes may differ (safetensors writes its metadata in any order), the
+        # sha256 and the measured speed with them: compare everything else.
+        speed = info["extra"].pop("throughput")
+        assert speed["images_per_second"] > 0
+        del info["sha256"]
+        files = sorted(p.name for p in written.iterdir())
+        results.append((json.loads(captured.out), info, files))
+    assert results[0] == results[1]
+
+
+@pytest.mark.filterwarnings("ignore:'affectfpn.recipes.publish' found in sys.modules")
+def test_python_dash_m_recipes_publish_reads_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["publish.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("affectfpn.recipes.publish", run_name="__main__")
+    assert exit_info.value.code == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("usage: affectfpn publish")
+    assert "--out affectfpn/weights" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--au-teacher", "nolabel"], "LABEL=FOLDER::TABLE"),
+        (["--eval", "nolabel"], "LABEL=PATH[::EXCLUDE]"),
+    ],
+)
+def test_publish_command_checks_its_arguments(
+    trained: tuple[Path, Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    fragment: str,
+) -> None:
+    source, folder, _ = trained
+    argv = [str(source), *_command(folder, "--out", str(tmp_path / "out"), *extra)]
+    for run in (lambda: cli_main(["publish", *argv]), lambda: publish_module.main(argv)):
+        code = run()
+        err = capsys.readouterr().err
+        assert code == EXIT_USAGE
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1, err
+        assert lines[0].startswith("affectfpn: error: ")
+        assert fragment in lines[0]
+        assert "see 'affectfpn publish --help'" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_publish_command_needs_an_evaluation(
+    trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, _, _ = trained
+    code = cli_main(["publish", str(source), "--name", "x", "--out", str(tmp_path / "out")])
+    assert code == EXIT_USAGE
+    assert "at least one --eval" in capsys.readouterr().err
+
+
+def test_publish_command_reports_a_bad_card_in_one_line(
     trained: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source, folder, _ = trained
-    with pytest.raises(SystemExit):
-        main([str(source), "--name", "x", "--eval", f"f={folder}", "--au-teacher", "nolabel"])
-    assert "LABEL=FOLDER::TABLE" in capsys.readouterr().err
+    card = tmp_path / "card.json"
+    card.write_text("{not json")
+    for path, fragment in ((card, "not valid JSON"), (tmp_path / "missing.json", "no such file")):
+        code = cli_main(["publish", str(source), *_command(folder, "--card", str(path))])
+        err = capsys.readouterr().err
+        assert code == EXIT_ERROR
+        assert err.startswith("affectfpn: error: --card ")
+        assert fragment in err

@@ -1,9 +1,9 @@
 """The models the registry ships, judged on real data: what users get from ``from_pretrained()``.
 
 Every test is parametrised over ``list_models()``, so a model added to the registry (a folder
-under ``affectfpn/weights`` written by ``python -m affectfpn.recipes.publish``) is covered by the
-next run of this file, which is part of the default suite (``-m "not slow"``, CI) and should be
-run whenever a model is published:
+under ``affectfpn/weights`` written by ``affectfpn publish ... --out affectfpn/weights``) is
+covered by the next run of this file, which is part of the default suite (``-m "not slow"``,
+CI) and should be run whenever a model is published:
 
 - its accuracy on a fixed, class-stratified subset of FER2013 ``test`` (every 5th face of each
   class folder: 721 of 3,589) through the user's path (``predict(..., faces="crop")``), within

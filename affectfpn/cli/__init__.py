@@ -7,6 +7,7 @@ Subcommands::
     affectfpn evaluate  DATASET    ABAW2 scores on an image folder, Aff-Wild2 root or label CSV
     affectfpn train     RECIPE     run a training recipe (TOML)
     affectfpn export    --onnx F   ONNX file and/or a Hub-ready folder
+    affectfpn publish   RUN/best   evaluate, card and register a trained model folder
     affectfpn models               the registry of pretrained models and their metrics
     affectfpn download  [MODEL]    fetch weights and the face detector ahead of offline use
 

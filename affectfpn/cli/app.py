@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from affectfpn._version import __version__
-from affectfpn.cli import download, evaluate, export, models, predict, train, video
+from affectfpn.cli import download, evaluate, export, models, predict, publish, train, video
 from affectfpn.cli._common import (
     EXIT_ERROR,
     EXIT_INTERNAL,
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(command)
     train.add_parser(command)
     export.add_parser(command)
+    publish.add_parser(command)
     models.add_parser(command)
     download.add_parser(command)
     return parser
@@ -92,7 +93,8 @@ def _error(message: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
-    default_level = logging.INFO if args.command == "train" else logging.WARNING
+    # Training and publishing take long: their progress is logged at the info level.
+    default_level = logging.INFO if args.command in ("train", "publish") else logging.WARNING
     with _logging(args.verbose, args.quiet, default_level):
         if args.quiet:
             import warnings

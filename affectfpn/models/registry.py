@@ -148,8 +148,9 @@ def package_weights_dir(info: ModelInfo) -> Path:
 
 # The models that ship inside the package: each is a folder ``affectfpn/weights/<name>/`` holding
 # ``config.json``, ``model.safetensors``, the model card ``README.md`` and ``model_info.json``: the
-# registry entry, written by ``python -m affectfpn.recipes.publish`` from measured figures (never by
-# hand). Its ``sha256`` is checked before the weights are used.
+# registry entry, written by ``affectfpn publish ... --out affectfpn/weights`` (from a source
+# checkout) from measured figures (never by hand). Its ``sha256`` is checked before the weights are
+# used.
 INFO_NAME = "model_info.json"
 
 

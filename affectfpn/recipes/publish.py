@@ -1,18 +1,18 @@
 """Turn a trained model folder into a published model: measured, carded, registered.
 
-``python -m affectfpn.recipes.publish RUN/best --name NAME --eval LABEL=PATH[::EXCLUDE] ...``
+:func:`publish` is what ``affectfpn publish RUN/best --name NAME --eval LABEL=PATH[::EXCLUDE] ...``
+runs (``python -m affectfpn.recipes.publish`` is the same command, kept for existing scripts):
 
 1. evaluates the model on each named dataset (the figures go into the card and the registry);
 2. optionally stores the weights in half precision, after checking on the first dataset that the
-   accuracy (or ABAW2 score) moves by less than ``--max-half-drop``;
+   accuracy (or ABAW2 score) moves by less than ``max_half_drop``;
 3. measures inference images/s on this machine (model only, batch 64);
 4. writes ``config.json``, ``model.safetensors``, ``README.md`` (the card) and
-   ``model_info.json`` (the registry entry, with the weights' sha256) into ``--out/NAME`` —
-   ``affectfpn/weights`` for a model embedded in the package, any folder for one that goes to
-   the Hub with ``push_to_hub``.
+   ``model_info.json`` (the registry entry, with the weights' sha256) into ``out/name``:
+   ``affectfpn/weights`` of a source checkout for a model embedded in the package, any folder
+   for one that goes to the Hub with ``push_to_hub``.
 """
 
-import argparse
 import hashlib
 import json
 import logging
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from affectfpn.errors import AffectFPNError, ConfigError
+from affectfpn.errors import ConfigError
 from affectfpn.models.affectfpn import AffectFPN
 from affectfpn.models.hub import WEIGHTS_NAME
 from affectfpn.models.registry import INFO_NAME
@@ -222,64 +222,11 @@ def _first_figure(values: dict[str, float]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m affectfpn.recipes.publish",
-        description="Evaluate, card and register a trained model folder.",
-    )
-    parser.add_argument("source", help="folder with config.json and model.safetensors")
-    parser.add_argument("--name", required=True, help="registry name")
-    parser.add_argument("--out", default="affectfpn/weights", help="parent output folder")
-    parser.add_argument(
-        "--eval",
-        action="append",
-        default=[],
-        metavar="LABEL=PATH[::EXCLUDE]",
-        help="evaluation dataset (repeat); EXCLUDE is a file of paths to leave out",
-    )
-    parser.add_argument(
-        "--au-teacher",
-        action="append",
-        default=[],
-        metavar="LABEL=FOLDER::TABLE[::EXCLUDE]",
-        help="score the AU outputs against a teacher's pseudo-label table on an image folder "
-        "(repeat)",
-    )
-    parser.add_argument("--card", help="JSON file of model-card metadata")
-    parser.add_argument("--full-precision", action="store_true", help="keep float32 weights")
-    parser.add_argument("--default", action="store_true", help="make it the default model")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    evals = []
-    for item in args.eval:
-        label, sep, rest = item.partition("=")
-        if not sep:
-            parser.error(f"--eval {item!r} must look like LABEL=PATH[::EXCLUDE]")
-        path, _, exclude = rest.partition("::")
-        evals.append((label, path, exclude or None))
-    teachers = []
-    for item in args.au_teacher:
-        label, sep, rest = item.partition("=")
-        parts = rest.split("::")
-        if not sep or len(parts) not in (2, 3):
-            parser.error(f"--au-teacher {item!r} must look like LABEL=FOLDER::TABLE[::EXCLUDE]")
-        teachers.append((label, parts[0], parts[1], parts[2] if len(parts) == 3 else None))
-    card = json.loads(Path(args.card).read_text(encoding="utf-8")) if args.card else {}
-    try:
-        info = publish(
-            args.source,
-            name=args.name,
-            out=args.out,
-            evals=evals,
-            half=not args.full_precision,
-            default=args.default,
-            card=card,
-            au_teachers=teachers,
-        )
-    except AffectFPNError as err:
-        print(f"publish: error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(info["metrics"], indent=2))
-    return 0
+    """``python -m affectfpn.recipes.publish SOURCE [options]``: the same as
+    ``affectfpn publish SOURCE [options]`` (kept for existing scripts)."""
+    from affectfpn.cli import main as cli_main
+
+    return cli_main(["publish", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
