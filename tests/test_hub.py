@@ -355,7 +355,7 @@ def test_uncached_repo_offline_is_an_offline_error(
 
 
 # huggingface_hub's own budget when the Hub refuses connections: the first metadata request,
-# then http_backoff's first try and its 5 retries (tests/hubserver.py, "Retries").
+# then http_backoff's first try and its 5 retries (see the docstring of tests/hubserver.py).
 HF_CONNECT_BUDGET = 7
 
 
