@@ -72,13 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             faces += len(item.faces)
             yield item
 
-    rows = write_csv(
-        counted(results),
-        args.output,
-        expressions=model.config.expressions,
-        action_units=model.config.action_units,
-        tasks=model.config.tasks,  # leave out the columns of tasks the model does not predict
-    )
+    # The results carry the model's label names, which give the columns; tasks= leaves out
+    # the columns of tasks the model does not predict.
+    rows = write_csv(counted(results), args.output, tasks=model.config.tasks)
     print(f"{images} image(s), {faces} face(s): {rows} row(s) written to {args.output}")
     return 0
 

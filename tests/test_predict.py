@@ -626,3 +626,27 @@ def test_encoded_photos_get_a_loader_thread_per_core(
     Predictor(model, detector=_FixedDetector(), num_workers=1).predict([encoded.getvalue()])
     Predictor(model, faces="crop").predict([encoded.getvalue()])  # crops: the model dominates
     assert used == [1, max(0, 3 - torch_threads)]
+
+
+def test_results_carry_the_model_label_names_into_tables() -> None:
+    from affectfpn.inference import LabelNames, write_csv
+
+    torch.manual_seed(0)
+    names = ("calm", "angry", "disgusted", "afraid", "happy", "sad", "surprised")
+    config = AffectFPNConfig(
+        backbone="resnet18",
+        fpn_width=16,
+        input_size=(32, 32),
+        expressions=names,
+        action_units=("AU6", "AU12"),
+    )
+    model = AffectFPN(config).eval()
+    images = _random_images(2, size=(32, 32))
+    results = predict(model, images, faces="crop")
+    assert isinstance(results, list)
+    assert all(r.labels == LabelNames(names, ("AU6", "AU12")) for r in results)
+    buffer = io.StringIO(newline="")
+    assert write_csv(results, buffer) == 2  # no names passed: the model's come with the results
+    header = buffer.getvalue().splitlines()[0].split(",")
+    assert [c for c in header if c.startswith("expr_")] == [f"expr_{n}" for n in names]
+    assert [c for c in header if c.endswith("_p")] == ["AU06_p", "AU12_p"]

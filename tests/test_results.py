@@ -15,9 +15,11 @@ import pytest
 from affectfpn.errors import AffectFPNError, InputError
 from affectfpn.inference.results import (
     ActionUnits,
+    CsvWriter,
     Expression,
     FacePrediction,
     ImagePrediction,
+    LabelNames,
     ValenceArousal,
     openface_au_name,
     table_columns,
@@ -427,6 +429,62 @@ def test_to_rows_custom_label_names() -> None:
     assert row["expression"] == "Joy"
     with pytest.raises(InputError, match=r"expressions=model\.config\.expressions"):
         to_rows(image)  # default names do not match this model's
+
+
+def test_tables_take_the_columns_from_the_labels_the_results_carry() -> None:
+    names = ("Calm", "Joy")
+    labels = LabelNames(expressions=names, action_units=("AU12",))
+    face = FacePrediction(
+        expression=Expression.from_probabilities([0.2, 0.8], names),
+        aus=ActionUnits.from_probabilities([0.7], ("AU12",)),
+    )
+    faceless = ImagePrediction("first.jpg", 8, 8, labels=labels)
+    image = ImagePrediction("x.jpg", 8, 8, (face,), labels=labels)
+    # the first image has no face: its labels still give the model's columns
+    rows = to_rows([faceless, image])
+    assert [c for c in rows[0] if c.startswith(("expr_", "AU"))] == [
+        "expr_Calm",
+        "expr_Joy",
+        "AU12_p",
+        "AU12_c",
+    ]
+    assert rows[1]["expr_Joy"] == pytest.approx(0.8)
+    assert rows[1]["AU12_c"] == 1
+    buffer = io.StringIO(newline="")
+    assert write_csv([faceless, image], buffer) == 2
+    columns, _ = read_back(buffer.getvalue())
+    assert columns == list(rows[0])
+    # labels are not part of equality nor of to_dict (the JSON format is unchanged)
+    assert image == ImagePrediction("x.jpg", 8, 8, (face,))
+    assert "labels" not in image.to_dict()
+    assert ImagePrediction.from_dict(image.to_dict()).labels is None
+    with pytest.raises(InputError, match="labels must be a LabelNames"):
+        ImagePrediction("x.jpg", 8, 8, labels=("Calm", "Joy"))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="repeated"):
+        LabelNames(expressions=("Joy", "Joy"))
+
+
+def test_csv_writer_streams_and_writes_a_header_even_for_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    with CsvWriter(path) as writer:
+        pass
+    assert path.read_text(encoding="utf-8").splitlines() == [",".join(expected_columns())]
+    assert writer.rows == 0
+    buffer = io.StringIO(newline="")
+    writer = CsvWriter(buffer, tasks=("va",), precision=2)
+    assert writer.columns is None  # the header waits for the first prediction's labels
+    assert writer.add(make_image(2)) == 2
+    assert writer.add(make_image(0, "b.jpg")) == 1
+    writer.close()
+    assert not buffer.closed  # an open file is the caller's
+    columns, cells = read_back(buffer.getvalue())
+    assert columns == expected_columns()[:10]
+    assert [c["valence"] for c in cells] == ["0.42", "0.42", ""]
+    assert writer.rows == 3
+    with pytest.raises(InputError, match=r"CsvWriter\.add takes an ImagePrediction"):
+        CsvWriter(io.StringIO()).add(make_face())  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="precision"):
+        CsvWriter(io.StringIO(), precision=-1)
 
 
 def test_to_rows_rejects_wrong_input() -> None:

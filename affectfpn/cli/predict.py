@@ -121,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
     fmt = _output_format(args.format, args.output)
     _check_inputs(args.inputs)
     model = _load_model(args)
-    config = model.config
     _quiet_opencv(args.verbose)
     predictor = predictor_from_args(
         args,
@@ -147,12 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     with _open_output(args.output) as out:
         if fmt == "csv":
-            write_csv(
-                counted(results),
-                out,
-                expressions=config.expressions,
-                action_units=config.action_units,
-            )
+            write_csv(counted(results), out)  # the columns of the model's labels
         elif fmt == "json":
             out.write("[")
             for i, result in enumerate(counted(results)):

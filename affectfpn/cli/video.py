@@ -121,12 +121,7 @@ def run(args: argparse.Namespace) -> int:
         with predict_video(predictor, video, **selection) as stream:
             first = next(stream, None)  # a video that cannot be decoded fails before any output
             frames = itertools.chain([] if first is None else [first], stream)
-            rows = write_video_csv(
-                frames,
-                sys.stdout,
-                expressions=model.config.expressions,
-                action_units=model.config.action_units,
-            )
+            rows = write_video_csv(frames, sys.stdout)  # the columns of the model's labels
         logger.info("%d row(s) for %s", rows, args.video)
         return EXIT_OK
     result = analyze_video(

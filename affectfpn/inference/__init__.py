@@ -17,9 +17,11 @@ from affectfpn.inference.draw import draw
 from affectfpn.inference.predictor import Predictor, predict, predict_iter
 from affectfpn.inference.results import (
     ActionUnits,
+    CsvWriter,
     Expression,
     FacePrediction,
     ImagePrediction,
+    LabelNames,
     ValenceArousal,
     table_columns,
     to_rows,
@@ -29,12 +31,14 @@ from affectfpn.io import load_image
 
 __all__ = [
     "ActionUnits",
+    "CsvWriter",
     "Detection",
     "Expression",
     "FaceDetector",
     "FacePrediction",
     "HaarDetector",
     "ImagePrediction",
+    "LabelNames",
     "Predictor",
     "ValenceArousal",
     "YuNetDetector",

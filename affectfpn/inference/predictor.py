@@ -62,6 +62,7 @@ from affectfpn.inference.results import (
     Expression,
     FacePrediction,
     ImagePrediction,
+    LabelNames,
     ValenceArousal,
     _trusted,
 )
@@ -401,6 +402,8 @@ class Predictor:
         self.recursive = bool(recursive)
         self.model = model
         self.config: AffectFPNConfig = config
+        #: The model's label names, carried by every result (the columns of its tables).
+        self.labels = LabelNames(tuple(config.expressions), tuple(config.action_units))
         self.detector: FaceDetector | None = (
             get_detector(detector) if self.faces == "detect" else None
         )
@@ -755,6 +758,7 @@ class Predictor:
             width=int(prepared.width),
             height=int(prepared.height),
             faces=tuple(faces),
+            labels=self.labels,
         )
 
 

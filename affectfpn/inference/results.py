@@ -13,7 +13,9 @@ functions beside them.
 * :class:`FacePrediction` -- one face: where it is and what the model says about it. A task the
   model does not have gives ``None``.
 * :class:`ImagePrediction` -- one image (or video frame) and its faces, in order; ``len()``,
-  indexing and iteration go over the faces. An image with no face has ``faces == ()``.
+  indexing and iteration go over the faces. An image with no face has ``faces == ()``. Its
+  ``labels`` (:class:`LabelNames`) name the expressions and action units of the model that made
+  it, so that tables get the model's columns even for an image without faces.
 
 Every class has ``to_dict()`` (only builtins: ``json.dumps`` accepts it) and ``from_dict()``
 (its inverse). Results can be pickled and compared with ``==``.
@@ -58,9 +60,12 @@ empty, so that tables from different models line up; pass ``tasks=`` to leave th
 instead. :func:`table_columns` returns the column list. Library AU names stay ``"AU1"``,
 ``"AU2"``...; :func:`openface_au_name` maps them to the column stems (``"AU1"`` -> ``"AU01"``).
 
-:func:`write_csv` writes a header line, then the rows, comma-separated, with floats at a fixed
-number of decimals (6 by default) and empty cells for missing values; landmarks are not part of the
-table (they are in ``to_dict()``).
+:func:`write_csv` (and :class:`CsvWriter`, for rows added one prediction at a time) writes a
+header line, then the rows, comma-separated, with floats at a fixed number of decimals (6 by
+default) and empty cells for missing values; landmarks are not part of the table (they are in
+``to_dict()``). The ``expr_*`` and AU columns are those of the first prediction's ``labels``
+(the model's names), or the library's ``EXPRESSIONS`` and ``ACTION_UNITS`` for predictions built
+by hand; ``expressions=`` and ``action_units=`` choose them explicitly.
 """
 
 import csv
@@ -80,9 +85,11 @@ from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 
 __all__ = [
     "ActionUnits",
+    "CsvWriter",
     "Expression",
     "FacePrediction",
     "ImagePrediction",
+    "LabelNames",
     "ValenceArousal",
     "openface_au_name",
     "table_columns",
@@ -617,6 +624,26 @@ def _as_float_tuple(values: object, what: str) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
+class LabelNames:
+    """The expression and action-unit names of a model, in the order of its outputs.
+
+    Every :class:`ImagePrediction` of a model carries them (``labels``), so that tables and
+    files get the model's columns without being told (:func:`write_csv`, :class:`CsvWriter`).
+
+    Attributes:
+        expressions: Expression names (``config.expressions``).
+        action_units: Library AU names, ``"AU1"``, ... (``config.action_units``).
+    """
+
+    expressions: tuple[str, ...] = EXPRESSIONS
+    action_units: tuple[str, ...] = ACTION_UNITS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expressions", _check_names(self.expressions, "expressions"))
+        object.__setattr__(self, "action_units", _check_names(self.action_units, "action_units"))
+
+
+@dataclass(frozen=True)
 class ImagePrediction:
     """The faces found in one image (or video frame), and what was predicted for each.
 
@@ -629,6 +656,9 @@ class ImagePrediction:
         width: Image width in pixels (> 0).
         height: Image height in pixels (> 0).
         faces: The faces, in detection order (or track order in video); face ids are unique.
+        labels: The label names of the model that made the prediction (set by the
+            predictor), or ``None`` (built by hand, or read back with :meth:`from_dict`):
+            tables then use the library's names. Not part of ``==`` nor of :meth:`to_dict`.
 
     Raises:
         InputError: If a field has the wrong type, a size is not positive, or face ids repeat.
@@ -638,6 +668,7 @@ class ImagePrediction:
     width: int
     height: int
     faces: tuple[FacePrediction, ...] = ()
+    labels: LabelNames | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str):
@@ -663,6 +694,10 @@ class ImagePrediction:
         if len(set(ids)) != len(ids):
             raise InputError(f"face ids must be unique within an image, got {ids}")
         object.__setattr__(self, "faces", faces)
+        if self.labels is not None and not isinstance(self.labels, LabelNames):
+            raise InputError(
+                f"labels must be a LabelNames or None, got {type(self.labels).__name__}"
+            )
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -703,8 +738,8 @@ class ImagePrediction:
     def to_rows(
         self,
         *,
-        expressions: Sequence[str] = EXPRESSIONS,
-        action_units: Sequence[str] = ACTION_UNITS,
+        expressions: Sequence[str] | None = None,
+        action_units: Sequence[str] | None = None,
         tasks: Sequence[str] = TASKS,
     ) -> list[dict[str, object]]:
         """Return this image's table rows; see :func:`to_rows`."""
@@ -734,6 +769,10 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise InputError(f"unknown task(s) {unknown}; tasks must be among {TASKS}")
     return chosen
+
+
+#: The library's own names, for predictions that carry none.
+_LIBRARY_LABELS = LabelNames()
 
 
 def table_columns(
@@ -848,39 +887,36 @@ def _image_rows(
         yield row
 
 
-def _rows(
-    predictions: ImagePrediction | Iterable[ImagePrediction],
-    expressions: Sequence[str],
-    action_units: Sequence[str],
-    tasks: Sequence[str],
-) -> tuple[list[str], Iterator[dict[str, object]]]:
-    columns = table_columns(expressions, action_units, tasks)
-    expr_names = _check_names(expressions, "expressions")
-    au_names = _check_names(action_units, "action_units")
-    chosen = _check_tasks(tasks)
-
-    images = _iter_images(predictions)
-
-    def generate() -> Iterator[dict[str, object]]:
-        for pred in images:
-            yield from _image_rows(pred, columns, expr_names, au_names, chosen)
-
-    return columns, generate()
+def _names(
+    first: ImagePrediction | None,
+    expressions: Sequence[str] | None,
+    action_units: Sequence[str] | None,
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The label names of a table: those given, else the first prediction's, else the library's."""
+    labels = _LIBRARY_LABELS
+    if first is not None and first.labels is not None:
+        labels = first.labels
+    return (
+        labels.expressions if expressions is None else _check_names(expressions, "expressions"),
+        labels.action_units if action_units is None else _check_names(action_units, "action_units"),
+    )
 
 
 def to_rows(
     predictions: ImagePrediction | Iterable[ImagePrediction],
     *,
-    expressions: Sequence[str] = EXPRESSIONS,
-    action_units: Sequence[str] = ACTION_UNITS,
+    expressions: Sequence[str] | None = None,
+    action_units: Sequence[str] | None = None,
     tasks: Sequence[str] = TASKS,
 ) -> list[dict[str, object]]:
     """Turn predictions into table rows: one per face, one ``success`` 0 row per faceless image.
 
     Args:
         predictions: One :class:`ImagePrediction` or an iterable of them (e.g. video frames).
-        expressions: Expression names for the ``expr_<Name>`` columns (the model's names).
-        action_units: Library AU names for the ``AU<NN>_p`` / ``AU<NN>_c`` columns.
+        expressions: Expression names for the ``expr_<Name>`` columns; default: the first
+            prediction's ``labels`` (the model's names), else the library's.
+        action_units: Library AU names for the ``AU<NN>_p`` / ``AU<NN>_c`` columns; default as
+            for ``expressions``.
         tasks: Task column groups to include; see :func:`table_columns`.
 
     Returns:
@@ -892,8 +928,13 @@ def to_rows(
         InputError: If a face lacks one of the given expression or AU names, or see
             :func:`table_columns`.
     """
-    _, rows = _rows(predictions, expressions, action_units, tasks)
-    return list(rows)
+    images = list(_iter_images(predictions))
+    expr_names, au_names = _names(images[0] if images else None, expressions, action_units)
+    columns = table_columns(expr_names, au_names, tasks)
+    chosen = _check_tasks(tasks)
+    return [
+        row for image in images for row in _image_rows(image, columns, expr_names, au_names, chosen)
+    ]
 
 
 def _format_cell(value: object, precision: int) -> object:
@@ -904,12 +945,118 @@ def _format_cell(value: object, precision: int) -> object:
     return value
 
 
+class CsvWriter:
+    """Write predictions as CSV rows as they come: the one writer of every table.
+
+    The header is written with the first prediction (whose ``labels`` give the columns unless
+    ``expressions`` / ``action_units`` are given), or at :meth:`close` when there was none.
+    Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        path_or_file: A path (created or overwritten, UTF-8) or an open text file (open it with
+            ``newline=""``, as the csv module asks); an open file is not closed.
+        expressions: Expression names of the ``expr_<Name>`` columns; see :func:`to_rows`.
+        action_units: AU names of the AU columns; see :func:`to_rows`.
+        tasks: Task column groups to include; see :func:`table_columns`.
+        precision: Number of decimals for floats (>= 0).
+
+    Attributes:
+        rows: Rows written so far (not counting the header).
+        columns: The header, once written (``None`` before).
+
+    Raises:
+        InputError: A bad argument, or see :func:`to_rows`.
+    """
+
+    #: Columns written before those of :func:`table_columns` (none here; the video's writer
+    #: adds ``frame`` and ``timestamp``), with their values from :meth:`leading_values`.
+    leading_columns: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        path_or_file: str | os.PathLike[str] | TextIO,
+        *,
+        expressions: Sequence[str] | None = None,
+        action_units: Sequence[str] | None = None,
+        tasks: Sequence[str] = TASKS,
+        precision: int = 6,
+    ) -> None:
+        precision = _to_int(precision, "precision")
+        if precision < 0:
+            raise InputError(f"precision must be >= 0, got {precision}")
+        self._precision = precision
+        self._tasks = _check_tasks(tasks)
+        self._given = (
+            None if expressions is None else _check_names(expressions, "expressions"),
+            None if action_units is None else _check_names(action_units, "action_units"),
+        )
+        self._names: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+        self.columns: list[str] | None = None
+        self.rows = 0
+        self._owned: TextIO | None = None
+        if isinstance(path_or_file, (str, os.PathLike)):
+            self._owned = open(path_or_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
+            handle: TextIO = self._owned
+        elif isinstance(path_or_file, io.IOBase) or callable(getattr(path_or_file, "write", None)):
+            handle = path_or_file
+        else:
+            raise InputError(
+                "path_or_file must be a path or an open text file, got "
+                f"{type(path_or_file).__name__}"
+            )
+        self._writer = csv.writer(handle)
+
+    def leading_values(self, prediction: ImagePrediction) -> dict[str, object]:
+        """The values of :attr:`leading_columns` for one prediction."""
+        return {}
+
+    def _header(self, first: ImagePrediction | None) -> list[str]:
+        if self.columns is None:
+            self._names = _names(first, *self._given)
+            self.columns = [*self.leading_columns, *table_columns(*self._names, self._tasks)]
+            self._writer.writerow(self.columns)
+        return self.columns
+
+    def add(self, prediction: ImagePrediction) -> int:
+        """Write the rows of one prediction (one per face, or one no-face row); their number."""
+        if not isinstance(prediction, ImagePrediction):
+            raise InputError(
+                f"CsvWriter.add takes an ImagePrediction, got {type(prediction).__name__}"
+            )
+        columns = self._header(prediction)
+        assert self._names is not None
+        leading = self.leading_values(prediction)
+        count = 0
+        table = columns[len(self.leading_columns) :]
+        for row in _image_rows(prediction, table, *self._names, self._tasks):
+            row.update(leading)
+            self._writer.writerow([_format_cell(row[c], self._precision) for c in columns])
+            count += 1
+        self.rows += count
+        return count
+
+    def close(self) -> None:
+        """Write the header if nothing was added, and close the file if it was opened here."""
+        try:
+            self._header(None)
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+                self._owned = None
+
+    def __enter__(self) -> "CsvWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_csv(
     predictions: ImagePrediction | Iterable[ImagePrediction],
     path_or_file: str | os.PathLike[str] | TextIO,
     *,
-    expressions: Sequence[str] = EXPRESSIONS,
-    action_units: Sequence[str] = ACTION_UNITS,
+    expressions: Sequence[str] | None = None,
+    action_units: Sequence[str] | None = None,
     tasks: Sequence[str] = TASKS,
     precision: int = 6,
 ) -> int:
@@ -922,8 +1069,9 @@ def write_csv(
         predictions: One :class:`ImagePrediction` or an iterable of them.
         path_or_file: A path (the file is created or overwritten, UTF-8) or an open text file
             (open it with ``newline=""``, as the csv module asks); an open file is not closed.
-        expressions: Expression names for the ``expr_<Name>`` columns.
-        action_units: Library AU names for the AU columns.
+        expressions: Expression names for the ``expr_<Name>`` columns; default: the first
+            prediction's ``labels`` (the model's names), else the library's.
+        action_units: Library AU names for the AU columns; default as for ``expressions``.
         tasks: Task column groups to include; see :func:`table_columns`.
         precision: Number of decimals for floats (>= 0).
 
@@ -933,30 +1081,14 @@ def write_csv(
     Raises:
         InputError: See :func:`to_rows`; also if ``precision`` is negative.
     """
-    precision = _to_int(precision, "precision")
-    if precision < 0:
-        raise InputError(f"precision must be >= 0, got {precision}")
-    columns, rows = _rows(predictions, expressions, action_units, tasks)
-    if isinstance(path_or_file, (str, os.PathLike)):
-        with open(path_or_file, "w", newline="", encoding="utf-8") as handle:
-            return _write_rows(handle, columns, rows, precision)
-    if not isinstance(path_or_file, io.IOBase) and not hasattr(path_or_file, "write"):
-        raise InputError(
-            f"path_or_file must be a path or an open text file, got {type(path_or_file).__name__}"
-        )
-    return _write_rows(path_or_file, columns, rows, precision)
-
-
-def _write_rows(
-    handle: TextIO,
-    columns: list[str],
-    rows: Iterator[dict[str, object]],
-    precision: int,
-) -> int:
-    writer = csv.writer(handle)
-    writer.writerow(columns)
-    count = 0
-    for row in rows:
-        writer.writerow([_format_cell(row[column], precision) for column in columns])
-        count += 1
-    return count
+    images = _iter_images(predictions)
+    with CsvWriter(
+        path_or_file,
+        expressions=expressions,
+        action_units=action_units,
+        tasks=tasks,
+        precision=precision,
+    ) as writer:
+        for image in images:
+            writer.add(image)
+    return writer.rows

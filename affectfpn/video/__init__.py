@@ -84,7 +84,7 @@ from typing_extensions import Unpack
 
 from affectfpn.errors import ConfigError, InputError
 from affectfpn.inference.predictor import PredictOptions, Predictor
-from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
+from affectfpn.labels import TASKS
 from affectfpn.video.reader import CaptureLike, VideoReader
 from affectfpn.video.result import Collector, VideoResult, main_face
 from affectfpn.video.smooth import SMOOTHING, check_smoothing, smooth_pairs
@@ -339,6 +339,7 @@ def _pipeline(
                     width=image.width,
                     height=image.height,
                     faces=tuple(tracked),
+                    labels=image.labels,
                     index=index,
                     timestamp=timestamp,
                 ),
@@ -512,8 +513,8 @@ def write_video_csv(
     Args:
         frames: What :func:`predict_video` yields (frames, or ``(frame, image)`` pairs).
         path_or_file: Output path (overwritten, UTF-8) or an open text file (``newline=""``).
-        expressions: Expression names of the ``expr_*`` columns; default: the model's when
-            ``frames`` is a :class:`VideoStream`, else the library's ``EXPRESSIONS``.
+        expressions: Expression names of the ``expr_*`` columns; default: the model's (the
+            frames carry them), else the library's ``EXPRESSIONS``.
         action_units: AU names of the AU columns; default as for ``expressions``.
         tasks: Column groups to include (a subset of ``("va", "expression", "au")``).
         precision: Decimals of floats.
@@ -521,10 +522,9 @@ def write_video_csv(
     Returns:
         The number of rows written (header excluded).
     """
-    if expressions is None:
-        expressions = frames.expressions if isinstance(frames, VideoStream) else EXPRESSIONS
-    if action_units is None:
-        action_units = frames.action_units if isinstance(frames, VideoStream) else ACTION_UNITS
+    if isinstance(frames, VideoStream):  # known before the first frame, even with no frame
+        expressions = frames.expressions if expressions is None else expressions
+        action_units = frames.action_units if action_units is None else action_units
     items = iterate(frames, "write_video_csv")
     sink = CsvSink(
         path_or_file,

@@ -13,6 +13,7 @@ from affectfpn.inference.results import (
     ActionUnits,
     Expression,
     FacePrediction,
+    LabelNames,
     ValenceArousal,
 )
 from affectfpn.video.types import FramePrediction, VideoInfo
@@ -127,6 +128,7 @@ class VideoResult:
         with :func:`~affectfpn.video.write_video_csv`."""
         starts = np.searchsorted(self.face_frame, np.arange(len(self) + 1))
         width, height = max(self.width, 1), max(self.height, 1)
+        labels = LabelNames(self.expressions, self.action_units)
         for pos in range(len(self)):
             faces = []
             for row in range(int(starts[pos]), int(starts[pos + 1])):
@@ -137,6 +139,7 @@ class VideoResult:
                 width=width,
                 height=height,
                 faces=tuple(faces),
+                labels=labels,
                 index=index,
                 timestamp=float(self.timestamp[pos]),
             )

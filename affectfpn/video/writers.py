@@ -19,7 +19,7 @@ import numpy as np
 
 from affectfpn.errors import AffectFPNError, InputError, require_extra
 from affectfpn.inference.draw import draw
-from affectfpn.inference.results import table_columns, to_rows
+from affectfpn.inference.results import CsvWriter, ImagePrediction, table_columns
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 from affectfpn.video.result import VideoResult, main_face
 from affectfpn.video.types import FramePrediction
@@ -68,14 +68,6 @@ def frame_of(item: object) -> FramePrediction:
     return item
 
 
-def _format(value: object, precision: int) -> object:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{precision}f}"
-    return value
-
-
 def video_table_columns(
     expressions: Sequence[str] = EXPRESSIONS,
     action_units: Sequence[str] = ACTION_UNITS,
@@ -86,53 +78,15 @@ def video_table_columns(
     return [*_VIDEO_COLUMNS, *table_columns(expressions, action_units, tasks)]
 
 
-class CsvSink:
-    """Write one CSV row per (frame, face), and one ``success`` 0 row per frame without faces."""
+class CsvSink(CsvWriter):
+    """Write one CSV row per (frame, face), and one ``success`` 0 row per frame without faces:
+    the :class:`~affectfpn.inference.CsvWriter` table with ``frame`` and ``timestamp`` first."""
 
-    def __init__(
-        self,
-        path_or_file: str | os.PathLike[str] | TextIO,
-        *,
-        expressions: Sequence[str] = EXPRESSIONS,
-        action_units: Sequence[str] = ACTION_UNITS,
-        tasks: Sequence[str] = TASKS,
-        precision: int = 6,
-    ) -> None:
-        if isinstance(precision, bool) or not isinstance(precision, int) or precision < 0:
-            raise InputError(f"precision must be an integer >= 0, got {precision!r}")
-        self.columns = video_table_columns(expressions, action_units, tasks)
-        self._options: dict[str, Any] = {
-            "expressions": tuple(expressions),
-            "action_units": tuple(action_units),
-            "tasks": tuple(tasks),
-        }
-        self._precision = precision
-        self._owned: TextIO | None = None
-        if isinstance(path_or_file, (str, os.PathLike)):
-            self._owned = open(path_or_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            handle: TextIO = self._owned
-        elif callable(getattr(path_or_file, "write", None)):
-            handle = path_or_file
-        else:
-            raise InputError(
-                f"path_or_file must be a path or an open text file, got {type(path_or_file)}"
-            )
-        self._writer = csv.writer(handle)
-        self._writer.writerow(self.columns)
-        self.rows = 0
+    leading_columns = _VIDEO_COLUMNS
 
-    def add(self, frame: FramePrediction) -> None:
-        """Write the rows of one frame."""
-        for row in to_rows(frame, **self._options):
-            row = {"frame": frame.index, "timestamp": frame.timestamp, **row}
-            self._writer.writerow([_format(row[c], self._precision) for c in self.columns])
-            self.rows += 1
-
-    def close(self) -> None:
-        """Close the file if it was opened here."""
-        if self._owned is not None:
-            self._owned.close()
-            self._owned = None
+    def leading_values(self, prediction: ImagePrediction) -> dict[str, object]:
+        frame = frame_of(prediction)
+        return {"frame": frame.index, "timestamp": frame.timestamp}
 
 
 class AbawSink:
