@@ -1,6 +1,7 @@
 """Tests of affectfpn.recipes.datasets on tiny fake trees (and FER2013 from ../shared)."""
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from affectfpn.data import images as _data_images
 from affectfpn.errors import DatasetError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
+from affectfpn.preprocess import face_box_region
 from affectfpn.recipes.datasets import (
     AffectNet,
     AffWild2,
@@ -264,25 +266,61 @@ def test_affectnet_remap_drop_and_crop(tmp_path: Path) -> None:
         assert sample["va_mask"]
         assert sample["va"].tolist() == pytest.approx([row.valence, row.arousal], abs=1e-6)
         _, _, w, h = row.box
-        assert sample["image"].shape == (3, h, w)  # the face box
+        side = max(w, h) * 1.2  # the square around the box, margin 0.2, as in inference
+        assert sample["image"].shape[0] == 3
+        assert sample["image"].shape[1] == sample["image"].shape[2]
+        assert side <= sample["image"].shape[1] <= side + 2
         crop = ds.load_image(i)
-        centre = np.asarray(crop)[h // 2, w // 2].astype(int)
+        centre = np.asarray(crop)[crop.size[1] // 2, crop.size[0] // 2].astype(int)
         assert np.abs(centre - np.array(row.colour)).max() < 25  # the painted face
 
 
-def test_affectnet_margin_grows_box_and_clips(tmp_path: Path) -> None:
+def test_affectnet_margin_grows_the_square_and_repeats_edges(tmp_path: Path) -> None:
     fake = write_affectnet_tree(tmp_path)
-    plain = AffectNet(fake.root, fake.csv_path)
-    wide = AffectNet(fake.root, fake.csv_path, margin=0.25)
+    tight = AffectNet(fake.root, fake.csv_path, margin=0.0)
+    default = AffectNet(fake.root, fake.csv_path)
+    wide = AffectNet(fake.root, fake.csv_path, margin=1.5)  # reaches beyond the 32 px image
     whole = AffectNet(fake.root, fake.csv_path, crop=False)
-    for i in range(len(plain)):
-        w0, h0 = plain.load_image(i).size
-        w1, h1 = wide.load_image(i).size
-        assert w1 > w0
-        assert h1 > h0
-        assert w1 <= 32
-        assert h1 <= 32
+    for i in range(len(tight)):
+        sizes = [ds.load_image(i).size for ds in (tight, default, wide)]
+        assert all(w == h for w, h in sizes)  # squares
+        assert sizes[0][0] < sizes[1][0] < sizes[2][0]
+        assert sizes[2][0] > 32  # beyond the border the edge pixels repeat
+        big = np.asarray(wide.load_image(i))
+        x1, y1, w, h = {row.path: row for row in fake.rows}[wide.keys[i]].box
+        left, top, side, _ = face_box_region((x1, y1, x1 + w, y1 + h), 1.5)
+        x0, y0 = math.floor(left), math.floor(top)
+        x_end, y_end = math.ceil(left + side), math.ceil(top + side)
+        assert min(x0, y0) < 0 or max(x_end, y_end) > 32
+        if y0 < 0:  # rows above the image repeat its first row
+            assert (big[:-y0] == big[-y0]).all()
+        if x0 < 0:
+            assert (big[:, :-x0] == big[:, -x0 : -x0 + 1]).all()
+        if y_end > 32:
+            inside = 32 - y0 - 1
+            assert (big[inside:] == big[inside]).all()
+        if x_end > 32:
+            inside = 32 - x0 - 1
+            assert (big[:, inside:] == big[:, inside : inside + 1]).all()
         assert whole.load_image(i).size == (32, 32)
+
+
+def test_training_and_inference_cut_the_same_face_from_a_box() -> None:
+    from PIL import Image
+
+    from affectfpn.inference.align import crop_box
+    from affectfpn.preprocess import crop_face_box, resize_face
+
+    ys, xs = np.mgrid[0:120, 0:160]
+    ramp = np.stack([xs * 1.5, ys * 2.0, (xs + ys) * 0.7], -1).clip(0, 255).astype(np.uint8)
+    box = (50.0, 30.0, 98.0, 86.0)  # 48 x 56: the square side is 56 * 1.2 = 67.2
+    assert face_box_region(box) == pytest.approx((40.4, 24.4, 67.2, 67.2))
+    trained = np.asarray(resize_face(crop_face_box(Image.fromarray(ramp), box), (48, 48)))
+    inferred = crop_box(ramp, box, (48, 48))
+    # the same region (up to whole pixels: at most 1 px of 67 at each border) and filter
+    assert np.abs(trained.astype(int) - inferred).mean() < 2.0
+    with pytest.raises(ValueError, match="outside"):
+        crop_face_box(Image.fromarray(ramp), (500.0, 500.0, 520.0, 530.0))
 
 
 def test_affectnet_errors_name_file_and_line(tmp_path: Path) -> None:
@@ -321,7 +359,9 @@ def test_expw_faces_of_one_image_are_distinct_samples(tmp_path: Path) -> None:
         assert not sample["au_mask"].any()
         top, left, right, bottom = face.box
         crop = np.asarray(ds.load_image(i)).astype(int)
-        assert crop.shape == (bottom - top, right - left, 3)
+        side = max(bottom - top, right - left) * 1.2  # the square of inference's box crop
+        assert crop.shape[0] == crop.shape[1]
+        assert side <= crop.shape[0] <= side + 2
         assert np.abs(crop[crop.shape[0] // 2, crop.shape[1] // 2] - face.colour).max() < 25
         crops.append(crop.mean(axis=(0, 1)))
     # the three faces of the last image are three different crops

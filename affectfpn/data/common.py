@@ -5,7 +5,6 @@
 
 import csv
 import logging
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -403,30 +402,6 @@ def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
             return im.convert("RGB")
     except _IMAGE_ERRORS as exc:
         raise DatasetError(f"cannot read image {os.fspath(path)!r}: {exc}") from exc
-
-
-def crop_box(
-    image: Image.Image,
-    box: tuple[float, float, float, float],
-    margin: float,
-    *,
-    source: str,
-) -> Image.Image:
-    """Crop ``box`` = (left, top, right, bottom), grown by ``margin`` x its size on each side.
-
-    The box is clipped to the image. Raises :class:`DatasetError` (naming ``source``) when
-    nothing of the box lies inside the image.
-    """
-    left, top, right, bottom = box
-    dx, dy = margin * (right - left), margin * (bottom - top)
-    w, h = image.size
-    x0, y0 = max(0, math.floor(left - dx)), max(0, math.floor(top - dy))
-    x1, y1 = min(w, math.ceil(right + dx)), min(h, math.ceil(bottom + dy))
-    if x1 <= x0 or y1 <= y0:
-        raise DatasetError(
-            f"{source}: face box {box} lies outside the {w}x{h} image; fix or drop that row"
-        )
-    return image.crop((x0, y0, x1, y1))
 
 
 def _decode_one(path: str) -> np.ndarray:

@@ -22,7 +22,6 @@ from affectfpn.data.common import (
     check_columns,
     check_entry_inside,
     check_on_missing,
-    crop_box,
     csv_with_header,
     decode_images,
     expression_from_name,
@@ -38,6 +37,7 @@ from affectfpn.data.common import (
 )
 from affectfpn.errors import ConfigError, DatasetError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
+from affectfpn.preprocess import DEFAULT_BOX_MARGIN, crop_face_box
 
 logger = logging.getLogger("affectfpn.recipes.datasets")
 
@@ -122,10 +122,11 @@ class _CroppedImages(AffectDataset):
         image = open_rgb(self._paths[index])
         if not self.crop:
             return image
-        left, top, right, bottom = (float(v) for v in self._boxes[index])
-        return crop_box(
-            image, (left, top, right, bottom), self.margin, source=f"{self._paths[index]}"
-        )
+        box = tuple(float(v) for v in self._boxes[index])
+        try:  # the crop inference cuts around a box too (affectfpn.preprocess)
+            return crop_face_box(image, box, self.margin)
+        except ValueError as exc:
+            raise DatasetError(f"{self._paths[index]}: {exc}; fix or drop that row") from None
 
 
 class AffectNet(_CroppedImages):
@@ -143,7 +144,9 @@ class AffectNet(_CroppedImages):
         root: the folder the ``subDirectory_filePath`` values are relative to.
         csv_path: the annotation CSV (``training.csv`` or ``validation.csv``).
         crop: crop the face box (``face_x, face_y, face_width, face_height``).
-        margin: grow the box by this fraction of its size on each side (clipped to the image).
+        margin: the face crop is the square around the box with side ``max(box width, box
+            height) * (1 + margin)``, edges repeated beyond the image: the crop inference cuts
+            around a detected box (:func:`affectfpn.preprocess.face_box_region`).
         on_missing: ``"skip"`` (log) or ``"error"`` for rows whose image file does not exist.
         transform: applied to the RGB PIL image; default: uint8 tensor 3 x H x W.
         image_size: ``(H, W)`` the image is resized to before ``transform``.
@@ -161,7 +164,7 @@ class AffectNet(_CroppedImages):
         csv_path: str | os.PathLike[str],
         *,
         crop: bool = True,
-        margin: float = 0.0,
+        margin: float = DEFAULT_BOX_MARGIN,
         on_missing: OnMissing = "skip",
         transform: Transform | None = None,
         image_size: Sequence[int] | None = None,
@@ -269,7 +272,9 @@ class ExpW(_CroppedImages):
         label_file: the label list, relative to ``root`` (or absolute).
         images: the image folder, relative to ``root`` (or absolute).
         crop: crop the face box.
-        margin: grow the box by this fraction of its size on each side (clipped to the image).
+        margin: the face crop is the square around the box with side ``max(box width, box
+            height) * (1 + margin)``, edges repeated beyond the image: the crop inference cuts
+            around a detected box (:func:`affectfpn.preprocess.face_box_region`).
         min_confidence: drop faces whose box confidence is below this value.
         on_missing: ``"skip"`` (log) or ``"error"`` for lines whose image file does not exist.
         transform: applied to the RGB PIL image; default: uint8 tensor 3 x H x W.
@@ -289,7 +294,7 @@ class ExpW(_CroppedImages):
         images: str | os.PathLike[str] = "image/origin",
         *,
         crop: bool = True,
-        margin: float = 0.0,
+        margin: float = DEFAULT_BOX_MARGIN,
         min_confidence: float | None = None,
         on_missing: OnMissing = "skip",
         transform: Transform | None = None,

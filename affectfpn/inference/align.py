@@ -30,6 +30,7 @@ import numpy as np
 from affectfpn.errors import InputError
 from affectfpn.inference.detectors import Detection
 from affectfpn.io import array_to_rgb
+from affectfpn.preprocess import DEFAULT_BOX_MARGIN, face_box_region
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -59,9 +60,6 @@ ARCFACE_TEMPLATE_112.setflags(write=False)
 
 #: Border added around the template square, as a fraction of its side, on each side.
 DEFAULT_ALIGN_MARGIN = 0.1
-#: Growth of the box crop when there are no landmarks: the crop side is
-#: ``max(box width, box height) * (1 + margin)``.
-DEFAULT_BOX_MARGIN = 0.2
 
 # Warps that shrink more than this are pre-filtered with cv2.INTER_AREA.
 _PREFILTER_BELOW = 0.5
@@ -140,16 +138,12 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 def _box_transform(box: Sequence[float], output_size: tuple[int, int], margin: float) -> np.ndarray:
-    x1, y1, x2, y2 = (float(v) for v in box)
     height, width = output_size
-    side = max(x2 - x1, y2 - y1) * (1.0 + margin)
-    if not math.isfinite(side) or side <= 0:
-        raise InputError(f"crop_box needs a box with positive size, got {tuple(box)}")
-    crop_w = side * max(1.0, width / height)
-    crop_h = side * max(1.0, height / width)
+    try:  # the crop region training uses too (affectfpn.preprocess)
+        left, top, crop_w, _ = face_box_region(box, margin, aspect=width / height)
+    except ValueError as exc:
+        raise InputError(f"crop_box needs a box with positive size, got {tuple(box)}") from exc
     scale = width / crop_w
-    left = (x1 + x2) / 2.0 - crop_w / 2.0
-    top = (y1 + y2) / 2.0 - crop_h / 2.0
     # Pixel i covers [i, i + 1); warpAffine works on pixel indices (centres), hence the 0.5s.
     return np.array(
         [
