@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
-from affectfpn.errors import DatasetError, InputError
+from affectfpn.errors import ConfigError, DatasetError, InputError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 from affectfpn.metrics import AUMeter, ExpressionMeter, MultiTaskMeter
 from affectfpn.models.affectfpn import AffectFPN, AffectFPNOutput
@@ -44,6 +44,7 @@ __all__ = [
     "build_eval_dataset",
     "evaluate",
     "model_outputs",
+    "models_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -733,17 +734,55 @@ def model_outputs(
 ) -> Iterator[tuple[dict[str, Any], AffectFPNOutput]]:
     """Run ``model`` over a dataset of samples: ``(batch, output)`` for each batch, in order.
 
-    The one inference loop of evaluation, pseudo-labelling and distillation: uint8 images at the
-    model's input size (samples from :func:`affectfpn.preprocess.eval_transform`) are moved to
-    ``device``, normalised there and run under ``torch.inference_mode()`` with the package's AMP
-    policy (bfloat16, else float16 autocast on CUDA; none on the CPU). The model is in eval mode
-    on ``device`` while the iterator runs and goes back to its device and mode when it is
-    exhausted or closed. The batch is the collated samples, left on the CPU.
+    :func:`models_outputs` with one model; see there.
+    """
+    for batch, outputs in models_outputs(
+        {"model": model},
+        data,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        progress=progress,
+        total=total,
+    ):
+        yield batch, outputs["model"]
+
+
+def models_outputs(
+    models: Mapping[str, AffectFPN],
+    data: Dataset[dict[str, Any]],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+    total: int | None = None,
+) -> Iterator[tuple[dict[str, Any], dict[str, AffectFPNOutput]]]:
+    """Run several models over a dataset in one pass: ``(batch, {name: output})`` per batch.
+
+    The one inference loop of evaluation, pseudo-labelling (the teachers of a teacher-student
+    recipe read the data once) and distillation: uint8 images at the models' input size
+    (samples from :func:`affectfpn.preprocess.eval_transform`; every model must share it) are
+    moved to ``device``, normalised there for each model and run under
+    ``torch.inference_mode()`` with the package's AMP policy (bfloat16, else float16 autocast on
+    CUDA; none on the CPU). The models are in eval mode on ``device`` while the iterator runs
+    and go back to their devices and modes when it is exhausted or closed. The batch is the
+    collated samples, left on the CPU. (The trainer's validation is the other loop: it shards
+    the data across DDP ranks and merges the meters.)
 
     Raises:
-        InputError: samples without a ``3 x H x W`` image at the model's input size.
+        ConfigError: no model, or models with different input sizes.
+        InputError: samples without a ``3 x H x W`` image at the models' input size.
     """
-    config = model.config
+    if not models:
+        raise ConfigError("models_outputs needs at least one model")
+    configs = {name: model.config for name, model in models.items()}
+    sizes = {tuple(config.input_size) for config in configs.values()}
+    if len(sizes) > 1:
+        raise ConfigError(
+            f"models_outputs runs models on the same images; their input sizes differ: {sizes}"
+        )
+    first_config = next(iter(configs.values()))
     dev = resolve_device(device)
     amp = amp_dtype(dev)
     loader = DataLoader(
@@ -754,19 +793,25 @@ def model_outputs(
         pin_memory=dev.type == "cuda",
     )
     n = total if total is not None else len(data)  # type: ignore[arg-type]
-    first = next(model.parameters(), None)
-    home = first.device if first is not None else torch.device("cpu")
-    was_training = model.training
+    homes = {}
+    for name, model in models.items():
+        first = next(model.parameters(), None)
+        homes[name] = (first.device if first is not None else torch.device("cpu"), model.training)
     try:
-        model.to(dev).eval()
+        for model in models.values():
+            model.to(dev).eval()
         for batch in _batches(loader, n, progress):
-            images = _check_images(batch.get("image"), config).to(dev, non_blocking=True)
+            images = _check_images(batch.get("image"), first_config).to(dev, non_blocking=True)
             with torch.inference_mode(), autocast(dev, amp):
-                out = model(normalize(images, config))
-            yield batch, out
+                outputs = {
+                    name: model(normalize(images, configs[name])) for name, model in models.items()
+                }
+            yield batch, outputs
     finally:
-        model.to(home)
-        model.train(was_training)
+        for name, model in models.items():
+            home, was_training = homes[name]
+            model.to(home)
+            model.train(was_training)
 
 
 def _meter_inputs(

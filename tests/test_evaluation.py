@@ -433,3 +433,29 @@ def test_fer2013_test_sample(shared_dir: Path) -> None:
     cleaned = build_eval_dataset(test_dir, model.config, exclude=overlap)
     n_files = sum(1 for p in test_dir.glob("*/*") if p.is_file())
     assert len(cleaned) == n_files - len({k for k in in_test if (test_dir / k).is_file()})  # type: ignore[arg-type]
+
+
+def test_several_models_in_one_pass_equal_each_alone(folder: Path, expr_model: AffectFPN) -> None:
+    from affectfpn.errors import ConfigError
+    from affectfpn.evaluation import model_outputs, models_outputs
+
+    torch.manual_seed(1)
+    other = AffectFPN(expr_model.config).train()  # left in training mode by its owner
+    data = build_eval_dataset(folder, expr_model.config)
+    together = list(models_outputs({"a": expr_model, "b": other}, data, batch_size=4))
+    assert other.training  # back in its own mode
+    alone = {
+        name: list(model_outputs(m, data, batch_size=4))
+        for name, m in (("a", expr_model), ("b", other))
+    }
+    assert len(together) == len(alone["a"]) > 1
+    for i, (batch, outputs) in enumerate(together):
+        assert list(batch["key"]) == list(alone["a"][i][0]["key"])
+        for name in ("a", "b"):
+            torch.testing.assert_close(outputs[name].expression, alone[name][i][1].expression)
+    assert not torch.allclose(together[0][1]["a"].expression, together[0][1]["b"].expression)
+    small = AffectFPN(AffectFPNConfig(backbone="resnet18", fpn_width=8, input_size=(32, 32)))
+    with pytest.raises(ConfigError, match="input sizes differ"):
+        next(models_outputs({"a": expr_model, "small": small}, data))
+    with pytest.raises(ConfigError, match="at least one model"):
+        next(models_outputs({}, data))

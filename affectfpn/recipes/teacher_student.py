@@ -63,15 +63,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, DatasetError
+from affectfpn.evaluation import model_outputs, models_outputs
 from affectfpn.io import atomic_write
 from affectfpn.labels import TASKS
 from affectfpn.metrics import MultiTaskMeter
-from affectfpn.models.affectfpn import AffectFPN, AffectFPNOutput
-from affectfpn.preprocess import eval_transform, normalize
+from affectfpn.models.affectfpn import AffectFPN
+from affectfpn.preprocess import eval_transform
 from affectfpn.recipes.datasets import (
     AffWild2,
     AffWild2MultiTask,
@@ -388,28 +389,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _loader(dataset: Dataset[Sample], batch_size: int, num_workers: int) -> DataLoader[Any]:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-
-
-@torch.inference_mode()
-def _predict(
-    models: Mapping[str, AffectFPN],
-    dataset: Dataset[Sample],
-    *,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-) -> Iterator[tuple[dict[str, Any], dict[str, AffectFPNOutput]]]:
-    """Run several models (sharing an input size) over ``dataset``: (batch, outputs) pairs."""
-    for model in models.values():
-        model.to(device).eval()
-    for batch in _loader(dataset, batch_size, num_workers):
-        images = batch["image"].to(device)
-        outputs = {name: model(normalize(images, model.config)) for name, model in models.items()}
-        yield batch, outputs
-
-
 def evaluate_model(
     model: AffectFPN,
     dataset: Dataset[Sample],
@@ -423,17 +402,10 @@ def evaluate_model(
     Returns:
         ``{task: metrics}`` as :meth:`affectfpn.metrics.MultiTaskMeter.compute` gives them.
     """
-    from affectfpn._device import resolve_device
-
     meter = MultiTaskMeter(model.config.tasks, au_from_logits=True)
-    for batch, outputs in _predict(
-        {"model": model},
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=resolve_device(device),
+    for batch, out in model_outputs(
+        model, dataset, batch_size=batch_size, num_workers=num_workers, device=device
     ):
-        out = outputs["model"]
         meter.update(type(out)(*(None if t is None else t.float().cpu() for t in out)), batch)
     return meter.compute()
 
@@ -761,7 +733,7 @@ class TeacherStudent:
             check_no_leak(target, self.validation_data(config), what="[student.data] train")
             keys: list[str] = []
             raw: dict[str, list[torch.Tensor]] = {task: [] for task in group}
-            for batch, outputs in _predict(
+            for batch, outputs in models_outputs(
                 group,
                 target,
                 batch_size=self.pseudo.batch_size,
