@@ -838,3 +838,56 @@ def test_two_cpu_processes_train_together_under_torchrun(tmp_path: Path) -> None
     assert ranks[0]["val_scores"] == ranks[1]["val_scores"], "validation metrics are merged"
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+
+
+def _torch_rates(scheduler_of: Callable[[torch.optim.Optimizer], Any], steps: int) -> list[float]:
+    """The learning rates torch's own scheduler gives an optimiser with lr 1, step by step."""
+    import warnings
+
+    optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SequentialLR's internal step(0) may warn
+        scheduler = scheduler_of(optimiser)
+        rates = []
+        for _ in range(steps):
+            rates.append(optimiser.param_groups[0]["lr"])
+            optimiser.step()
+            scheduler.step()
+    return rates
+
+
+def test_lr_factors_are_those_of_torchs_schedulers_where_torch_has_them() -> None:
+    # The factors are a closed form of the step (see lr_factor: a run resumes, or is extended by
+    # restarts of other lengths, from any step); where torch.optim.lr_scheduler has the same
+    # schedule, they must agree with it.
+    from torch.optim import lr_scheduler
+
+    from affectfpn.recipes.trainer import TrainSettings, lr_factor
+
+    per_epoch = 10
+    warm = TrainSettings(epochs=5, warmup_epochs=1.0, min_lr_ratio=0.01)
+    expected = _torch_rates(
+        lambda opt: lr_scheduler.SequentialLR(
+            opt,
+            [
+                lr_scheduler.LinearLR(opt, start_factor=1 / per_epoch, total_iters=per_epoch - 1),
+                lr_scheduler.CosineAnnealingLR(opt, T_max=4 * per_epoch, eta_min=0.01),
+            ],
+            milestones=[per_epoch],
+        ),
+        5 * per_epoch,
+    )
+    ours = [lr_factor(warm, per_epoch, step) for step in range(5 * per_epoch)]
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+    # SGDR with cycles of one length is torch's CosineAnnealingWarmRestarts
+    sgdr = TrainSettings(epochs=6, schedule="cosine_restarts", cycles=(3, 3), min_lr_ratio=0.0)
+    expected = _torch_rates(
+        lambda opt: lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=3 * per_epoch), 60
+    )
+    ours = [lr_factor(sgdr, per_epoch, step) for step in range(60)]
+    np.testing.assert_allclose(ours, expected, atol=1e-9)
+    # the "step" schedule is MultiStepLR at a third and two thirds of the run
+    step = TrainSettings(epochs=3, schedule="step")
+    expected = _torch_rates(lambda opt: lr_scheduler.MultiStepLR(opt, [10, 20], gamma=0.1), 30)
+    ours = [lr_factor(step, per_epoch, i) for i in range(30)]
+    np.testing.assert_allclose(ours, expected, atol=1e-12)

@@ -563,6 +563,19 @@ def test_tracker_two_overlapping_candidates_go_to_the_best_match() -> None:
         FaceTracker(max_missed=-1)
 
 
+def test_tracker_iou_gate_is_exact_and_empty_boxes_match_nothing() -> None:
+    # IoU of (0, 0, 10, 10) and (5, 0, 15, 10) is 50 / 150 = 1/3
+    tracker = FaceTracker(iou_threshold=1 / 3)
+    assert tracker.update([(0.0, 0.0, 10.0, 10.0)]) == [0]
+    assert tracker.update([(5.0, 0.0, 15.0, 10.0)]) == [0]  # at the gate: continues
+    stricter = FaceTracker(iou_threshold=0.34)
+    assert stricter.update([(0.0, 0.0, 10.0, 10.0)]) == [0]
+    assert stricter.update([(5.0, 0.0, 15.0, 10.0)]) == [1]  # below it: a new track
+    empty = FaceTracker()
+    assert empty.update([(3.0, 3.0, 3.0, 3.0)]) == [0]
+    assert empty.update([(3.0, 3.0, 3.0, 3.0), (0.0, 0.0, 4.0, 4.0)]) == [1, 2]
+
+
 def test_tracker_landmarks_break_ties_between_equal_boxes() -> None:
     left = ((10.0, 10.0), (20.0, 10.0), (15.0, 15.0), (11.0, 20.0), (19.0, 20.0))
     right = tuple((x + 8.0, y) for x, y in left)

@@ -7,23 +7,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+from torchvision.ops import box_iou
+
 from affectfpn.errors import ConfigError, InputError
 
-__all__ = ["FaceTracker", "box_iou"]
+__all__ = ["FaceTracker"]
 
 Box = tuple[float, float, float, float]
 Points = Sequence[tuple[float, float]]
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 when either is empty)."""
-    ix = min(a[2], b[2]) - max(a[0], b[0])
-    iy = min(a[3], b[3]) - max(a[1], b[1])
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass
@@ -101,8 +93,9 @@ class FaceTracker:
         self._tracks.clear()
         self._next_id = 0
 
-    def _affinity(self, track: _Track, box: Box, landmarks: Points | None) -> float | None:
-        iou = box_iou(track.box, box)
+    def _affinity(
+        self, track: _Track, box: Box, landmarks: Points | None, iou: float
+    ) -> float | None:
         if iou < self.iou_threshold:
             return None
         if (
@@ -143,11 +136,17 @@ class FaceTracker:
             raise InputError(f"{len(points)} landmark sets for {len(faces)} boxes")
 
         candidates: list[tuple[float, int, int]] = []
-        for track_id, track in self._tracks.items():
-            for j, box in enumerate(faces):
-                affinity = self._affinity(track, box, points[j])
-                if affinity is not None:
-                    candidates.append((affinity, track_id, j))
+        if self._tracks and faces:
+            # every (track, face) IoU at once; empty boxes overlap nothing
+            ious = box_iou(
+                torch.tensor([t.box for t in self._tracks.values()], dtype=torch.float64),
+                torch.tensor(faces, dtype=torch.float64),
+            ).nan_to_num_(0.0)
+            for row, (track_id, track) in zip(ious.tolist(), self._tracks.items(), strict=True):
+                for j, box in enumerate(faces):
+                    affinity = self._affinity(track, box, points[j], row[j])
+                    if affinity is not None:
+                        candidates.append((affinity, track_id, j))
         # Highest affinity first; ties: older track (smaller id), then earlier face.
         candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
         ids: list[int | None] = [None] * len(faces)
