@@ -36,6 +36,9 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: built from it before its weights are read: without a bound, one number could make that build
 #: try to allocate terabytes (a crash, or the machine's memory). Each bound is far above any
 #: sensible model (the paper: width 256, 112-128 px input, 12 action units).
+#: Border around the five-point face template of inference's alignment, as a fraction of its
+#: side on each side (``AffectFPNConfig.align_margin`` of a model that sets none).
+DEFAULT_ALIGN_MARGIN = 0.1
 MAX_FPN_WIDTH = 2048
 MAX_INPUT_SIDE = 1024
 MAX_ACTION_UNITS = 512
@@ -71,6 +74,14 @@ class AffectFPNConfig:
         test_time_flip: In eval mode, run every face and its mirror image and average the
             outputs (valence/arousal and the expression and AU logits): slightly more accurate,
             twice the compute. Training is unaffected.
+        align_margin: How inference frames a face it aligns on five landmarks: the border
+            around the ArcFace template, as a fraction of its side on each side (0.1 shows the
+            whole head; negative values zoom in). See
+            :func:`affectfpn.inference.align.face_template`.
+        align_shift: The template moved down by this fraction of the crop's height (negative:
+            up, so that the face sits higher in the crop). Together with ``align_margin`` it
+            frames a detected face as the faces of the model's training data were framed; the
+            FER2013 models use the values that scored best on FER2013's own faces (PublicTest).
     """
 
     backbone: str = "resnet18"
@@ -87,6 +98,8 @@ class AffectFPNConfig:
     frozen_bn: bool = False
     trainable_layers: int = 5
     test_time_flip: bool = False
+    align_margin: float = DEFAULT_ALIGN_MARGIN
+    align_shift: float = 0.0
     model_type: ClassVar[str] = "affectfpn"
     _extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -109,6 +122,19 @@ class AffectFPNConfig:
         for name in ("extra_level", "frozen_bn", "test_time_flip"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false")
+        for name, low, high in (("align_margin", -0.5, 2.0), ("align_shift", -0.5, 0.5)):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not low < value < high
+            ):
+                raise ConfigError(
+                    f"config field {name!r} must be a number between {low} and {high}, "
+                    f"got {value!r}"
+                )
+            object.__setattr__(self, name, float(value))
         if not self.tasks:
             raise ConfigError(f"config field 'tasks' must name at least one of {list(TASKS)}")
         unknown = [t for t in self.tasks if not isinstance(t, str) or t not in TASKS]

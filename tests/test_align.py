@@ -224,3 +224,22 @@ def test_real_face_is_aligned_onto_the_template(samples_dir: Path, yunet_path: P
     error = np.linalg.norm(again[0].landmarks - face_template((224, 224), margin=0.3), axis=1)
     assert error.max() < 8.0  # pixels, at 224 px; YuNet's own landmark noise is a few pixels
     assert DEFAULT_ALIGN_MARGIN > 0  # the default keeps more than the tight ArcFace crop
+
+
+def test_template_shift_moves_the_face_and_margin_zooms() -> None:
+    base = face_template((48, 48))
+    moved = face_template((48, 48), shift=-0.06)
+    np.testing.assert_allclose(moved - base, [[0.0, -0.06 * 48]] * 5)
+    zoomed = face_template((48, 48), margin=-0.05)
+    # a negative margin spreads the points apart around the crop's centre (the face looks larger)
+    assert np.ptp(zoomed[:, 0]) > np.ptp(base[:, 0])
+    for bad in (0.5, -0.7, float("nan")):
+        with pytest.raises(InputError, match="shift must be"):
+            face_template((48, 48), shift=bad)
+    # align_face places the landmarks where the shifted template says
+    points = np.array([[30.0, 40.0], [60.0, 40.0], [45.0, 55.0], [33.0, 70.0], [57.0, 70.0]])
+    detection = Detection(box=(20.0, 20.0, 70.0, 80.0), score=1.0, landmarks=points)
+    matrix = alignment_transform(detection, (48, 48), margin=-0.05, shift=-0.06)
+    mapped = points @ matrix[:, :2].T + matrix[:, 2]
+    target = face_template((48, 48), margin=-0.05, shift=-0.06)
+    assert np.abs(mapped - target).max() < 3.0  # least squares onto the template

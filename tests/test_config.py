@@ -335,3 +335,22 @@ def test_feature_dim_without_a_neck_is_the_last_stage_width(backbone: str) -> No
     assert config.num_levels == 1
     assert config.level_names == ("C5",)
     assert config.feature_dim == BACKBONE_CHANNELS[backbone][-1]
+
+
+def test_alignment_framing_fields_round_trip_and_are_checked(tmp_path: Path) -> None:
+    config = AffectFPNConfig(align_margin=-0.05, align_shift=-0.06)
+    assert (config.align_margin, config.align_shift) == (-0.05, -0.06)
+    assert AffectFPNConfig.from_dict(config.to_dict()) == config
+    old = config.to_dict()
+    del old["align_margin"], old["align_shift"]  # a config.json written before the fields
+    assert AffectFPNConfig.from_dict(old).align_margin == 0.1
+    assert AffectFPNConfig.from_dict(old).align_shift == 0.0
+    for field_name, bad in (
+        ("align_margin", -0.5),
+        ("align_margin", float("inf")),
+        ("align_shift", 0.5),
+        ("align_shift", "0.1"),
+        ("align_shift", True),
+    ):
+        with pytest.raises(ConfigError, match=field_name):
+            AffectFPNConfig(**{field_name: bad})

@@ -10,7 +10,7 @@ from _fake_data import write_image_folder
 from affectfpn import AffectFPN, AffectFPNConfig
 from affectfpn.errors import ConfigError, DatasetError
 from affectfpn.evaluation import build_eval_dataset, model_outputs
-from affectfpn.labels import EXPRESSIONS
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 from affectfpn.recipes import distill
 from affectfpn.recipes.datasets import ImageFolderExpressions, LabelTable, WithPseudoLabels
 from affectfpn.recipes.losses import multitask_loss
@@ -135,6 +135,35 @@ def test_distill_weight_is_checked(folder: Path, tmp_path: Path) -> None:
             transform=None,
             source="[data] train",
         )
+
+
+def test_a_dataset_joins_several_pseudo_label_tables(folder: Path, tmp_path: Path) -> None:
+    data = ImageFolderExpressions(folder, image_size=(24, 24))
+    soft = distill.soft_expression_table([_model(5)], folder, progress=False)
+    au = LabelTable.from_arrays(
+        data.keys,
+        au=np.full((len(data), len(ACTION_UNITS)), 0.75, dtype=np.float32),
+    )
+    soft.save(tmp_path / "soft.csv")
+    au.save(tmp_path / "au.csv")
+    spec = {"type": "imagefolder", "root": str(folder), "image_size": [24, 24]}
+    both = build_dataset(
+        {
+            **spec,
+            "pseudo_labels": [str(tmp_path / "soft.csv"), str(tmp_path / "au.csv")],
+            "distill_weight": 0.5,
+        },
+        transform=None,
+        source="[data] train",
+    )
+    assert isinstance(both, WithPseudoLabels)
+    assert both.distilled == len(data)  # the soft expressions of the first table
+    sample = both[0]
+    assert bool(sample["au_mask"].all())  # and the AU labels of the second
+    assert float(sample["au"][0]) == pytest.approx(0.75)
+    for bad in ([], 3, [str(tmp_path / "missing.csv")]):
+        with pytest.raises(ConfigError, match="pseudo_labels"):
+            build_dataset({**spec, "pseudo_labels": bad}, transform=None, source="[data] train")
 
 
 def test_command_line(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

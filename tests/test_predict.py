@@ -650,3 +650,29 @@ def test_results_carry_the_model_label_names_into_tables() -> None:
     header = buffer.getvalue().splitlines()[0].split(",")
     assert [c for c in header if c.startswith("expr_")] == [f"expr_{n}" for n in names]
     assert [c for c in header if c.endswith("_p")] == ["AU06_p", "AU12_p"]
+
+
+def test_faces_are_framed_as_the_model_config_says() -> None:
+    from affectfpn.inference.predictor import _Prepared
+
+    points = np.array([[30.0, 40.0], [60.0, 40.0], [45.0, 55.0], [33.0, 70.0], [57.0, 70.0]])
+
+    class _Landmarked:
+        def detect(self, rgb: np.ndarray) -> list[Detection]:
+            return [Detection(box=(20.0, 20.0, 70.0, 85.0), score=0.9, landmarks=points)]
+
+    image = _random_images(1, size=(100, 90))[0]
+    for margin, shift in ((0.1, 0.0), (-0.05, -0.06)):
+        config = AffectFPNConfig(
+            backbone="resnet18",
+            fpn_width=8,
+            input_size=(48, 48),
+            align_margin=margin,
+            align_shift=shift,
+        )
+        predictor = Predictor(AffectFPN(config).eval(), detector=_Landmarked(), num_workers=0)
+        prepared = predictor._prepare(("x", image))
+        assert isinstance(prepared, _Prepared)
+        (detection,) = _Landmarked().detect(image)
+        expected = align_face(image, detection, (48, 48), margin=margin, shift=shift)
+        np.testing.assert_array_equal(prepared.crops[0], expected)

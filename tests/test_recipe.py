@@ -324,3 +324,24 @@ def test_shipped_fer2013_recipe_parses(tmp_path: Path, monkeypatch: pytest.Monke
     assert recipe.output_dir == Path("runs/fer2013-resnet18-fpn")
     assert recipe.table("data")["train"][0]["root"] == f"{tmp_path}/shared/data/fer2013/train"
     assert TrainSettings.from_dict(recipe.table("train")).select_metric == "expression/accuracy"
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in RECIPES.glob("*.toml") if 'kind = "train"' in p.read_text())
+)
+def test_every_shipped_training_recipe_parses(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AFFECTFPN_SHARED", str(tmp_path / "shared"))
+    monkeypatch.setenv("AFFECTFPN_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FINETUNE_DATA", str(tmp_path / "mine"))  # finetune-custom.toml's data
+    recipe = load_recipe(RECIPES / name)
+    settings = TrainSettings.from_dict(recipe.table("train"))
+    assert settings.epochs > 0
+    assert str(recipe.output_dir).startswith(str(tmp_path / "runs"))
+    for spec in recipe.table("data")["train"]:
+        tables = spec.get("pseudo_labels", [])
+        for table in [tables] if isinstance(tables, str) else tables:
+            assert "${" not in table  # every variable expanded
+    init = recipe.table("model").get("init")
+    assert init is None or "${" not in init

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from affectfpn.config import DEFAULT_ALIGN_MARGIN
 from affectfpn.errors import InputError
 from affectfpn.inference.detectors import Detection
 from affectfpn.io import array_to_rgb
@@ -58,8 +59,6 @@ ARCFACE_TEMPLATE_112: np.ndarray = np.array(
 )
 ARCFACE_TEMPLATE_112.setflags(write=False)
 
-#: Border added around the template square, as a fraction of its side, on each side.
-DEFAULT_ALIGN_MARGIN = 0.1
 
 # Warps that shrink more than this are pre-filtered with cv2.INTER_AREA.
 _PREFILTER_BELOW = 0.5
@@ -83,23 +82,27 @@ def _check_margin(margin: float, name: str) -> float:
 
 
 def face_template(
-    output_size: Sequence[int], *, margin: float = DEFAULT_ALIGN_MARGIN
+    output_size: Sequence[int], *, margin: float = DEFAULT_ALIGN_MARGIN, shift: float = 0.0
 ) -> np.ndarray:
     """The 5 template points for an output of ``output_size`` = ``(height, width)``.
 
     Args:
         output_size: ``(height, width)`` of the aligned face.
         margin: border around the ArcFace template square, as a fraction of its side, on each
-            side (0: the plain ArcFace crop).
+            side (0: the plain ArcFace crop; negative values zoom in).
+        shift: the points moved down by this fraction of the height (negative: up).
 
     Returns:
         ``5 x 2`` float64 ``(x, y)`` points in output pixel coordinates.
     """
     height, width = _check_size(output_size)
     margin = _check_margin(margin, "margin")
+    shift = float(shift)
+    if not (math.isfinite(shift) and -0.5 < shift < 0.5):
+        raise InputError(f"shift must be a number between -0.5 and 0.5, got {shift!r}")
     side = min(height, width)
     unit = (ARCFACE_TEMPLATE_112 + 112.0 * margin) / (112.0 * (1.0 + 2.0 * margin))
-    return unit * side + np.array([(width - side) / 2.0, (height - side) / 2.0])
+    return unit * side + np.array([(width - side) / 2.0, (height - side) / 2.0 + shift * height])
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -159,6 +162,7 @@ def alignment_transform(
     *,
     margin: float = DEFAULT_ALIGN_MARGIN,
     box_margin: float = DEFAULT_BOX_MARGIN,
+    shift: float = 0.0,
 ) -> np.ndarray:
     """The ``2 x 3`` matrix :func:`align_face` warps with (image pixels to output pixels).
 
@@ -168,7 +172,8 @@ def alignment_transform(
     """
     size = _check_size(output_size)
     if detection.landmarks is not None:
-        return similarity_transform(detection.landmarks, face_template(size, margin=margin))
+        template = face_template(size, margin=margin, shift=shift)
+        return similarity_transform(detection.landmarks, template)
     return _box_transform(detection.box, size, _check_margin(box_margin, "box_margin"))
 
 
@@ -251,6 +256,7 @@ def align_face(
     margin: float = DEFAULT_ALIGN_MARGIN,
     box_margin: float = DEFAULT_BOX_MARGIN,
     reduction: int = 1,
+    shift: float = 0.0,
 ) -> np.ndarray:
     """Cut out one face, aligned on its landmarks when it has them.
 
@@ -264,12 +270,14 @@ def align_face(
         reduction: ``rgb`` is the image the detection refers to shrunk by this whole factor
             (e.g. a JPEG decoded at 1/4 of its size, :attr:`affectfpn.io.LoadedImage.reduction`):
             its pixel ``j`` covers pixels ``reduction * j`` to ``reduction * j + reduction - 1``.
+        shift: the template moved down by this fraction of the output height (see
+            :func:`face_template`); a model's ``config.align_shift``.
 
     Returns:
         ``height x width x 3`` ``uint8`` RGB array.
     """
     size = _check_size(output_size)
-    matrix = alignment_transform(detection, size, margin=margin, box_margin=box_margin)
+    matrix = alignment_transform(detection, size, margin=margin, box_margin=box_margin, shift=shift)
     if reduction != 1:
         if not isinstance(reduction, int) or reduction < 1:
             raise InputError(
@@ -277,8 +285,8 @@ def align_face(
             )
         # Full-size pixel index = reduction * j + (reduction - 1) / 2 (pixel centres).
         offset = (reduction - 1) / 2.0
-        shift = matrix[:, 2] + matrix[:, :2].sum(axis=1) * offset
-        matrix = np.hstack([matrix[:, :2] * reduction, shift[:, None]])
+        translation = matrix[:, 2] + matrix[:, :2].sum(axis=1) * offset
+        matrix = np.hstack([matrix[:, :2] * reduction, translation[:, None]])
     return _warp(_as_rgb(rgb), matrix, size)
 
 

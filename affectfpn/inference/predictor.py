@@ -551,13 +551,18 @@ class Predictor:
                 detections = self._detect(image)
                 crops = np.empty((len(detections), size[0], size[1], 3), dtype=np.uint8)
                 full: LoadedImage | None = None
+                # framed as the model's training faces were (config.align_margin / _shift)
+                margin, shift = self.config.align_margin, self.config.align_shift
                 for i, detection in enumerate(detections):
                     r = image.reduction
-                    if r == 1 or alignment_scale(detection, size) * r <= 1.0:
-                        crops[i] = align_face(rgb, detection, size, reduction=r)
+                    scale = alignment_scale(detection, size, margin=margin)
+                    if r == 1 or scale * r <= 1.0:
+                        crops[i] = align_face(
+                            rgb, detection, size, margin=margin, shift=shift, reduction=r
+                        )
                     else:  # a small face: the reduced image has fewer pixels than the crop
                         full = full or image.full()
-                        crops[i] = align_face(full.rgb, detection, size)
+                        crops[i] = align_face(full.rgb, detection, size, margin=margin, shift=shift)
         except InputError as error:
             return _Failed(source, error)
         return _Prepared(source, width, height, crops, detections)

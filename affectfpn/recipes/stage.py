@@ -165,11 +165,11 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
 
     Types: ``imagefolder``, ``csv``, ``affwild2``, ``affwild2-multitask``, ``affectnet``,
     ``expw``. ``pseudo_labels = "table.csv"`` (a :class:`~affectfpn.recipes.datasets.LabelTable`
-    file, e.g. an external teacher's) fills the labels a sample lacks from that table, matched by
-    key (a real label wins). With ``distill_weight = w`` as well, a sample with a real expression
-    label learns from ``(1 - w) * real + w * table`` (knowledge distillation from the table's
-    soft expressions, e.g. an ensemble's). The remaining keys are the dataset class's keyword
-    arguments.
+    file, e.g. an external teacher's; or a list of them, joined by key, a later one winning)
+    fills the labels a sample lacks from that table, matched by key (a real label wins). With
+    ``distill_weight = w`` as well, a sample with a real expression label learns from
+    ``(1 - w) * real + w * table`` (knowledge distillation from the table's soft expressions,
+    e.g. an ensemble's). The remaining keys are the dataset class's keyword arguments.
     """
     builders = dataset_types()
     if not isinstance(spec, Mapping):
@@ -194,16 +194,24 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
         # or by affectfpn.recipes.external_teachers), matched by key; real labels win.
         from affectfpn.recipes.datasets import LabelTable, WithPseudoLabels
 
-        path = Path(str(pseudo)).expanduser()
-        if not path.is_file():
+        # One table, or several joined by key (e.g. a distillation table of soft expression
+        # labels and an AU teacher's table); for the same key and task a later one wins.
+        names = [pseudo] if isinstance(pseudo, (str, Path)) else pseudo
+        if not isinstance(names, list) or not names:
             raise ConfigError(
-                f"{source}: pseudo_labels {str(path)!r} is no file: write the table first (see "
-                "docs/action-units.md) or fix the path"
+                f"{source}: pseudo_labels must be a table path or a list of them, got {pseudo!r}"
             )
+        paths = [Path(str(name)).expanduser() for name in names]
+        for path in paths:
+            if not path.is_file():
+                raise ConfigError(
+                    f"{source}: pseudo_labels {str(path)!r} is no file: write the table first "
+                    "(see docs/action-units.md) or fix the path"
+                )
         try:
-            dataset = WithPseudoLabels(
-                dataset, LabelTable.load(path), distill_weight=distill_weight
-            )
+            tables = [LabelTable.load(path) for path in paths]
+            table = tables[0] if len(tables) == 1 else LabelTable.merge(tables)
+            dataset = WithPseudoLabels(dataset, table, distill_weight=distill_weight)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
     return dataset
