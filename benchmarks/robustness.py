@@ -61,6 +61,8 @@ def main() -> None:
     model = AffectFPN.from_pretrained(args.model).eval()
     detector = get_detector(args.detector)
     size = model.config.input_size
+    # the Predictor's framing of this model
+    frame = {"margin": model.config.align_margin, "shift": model.config.align_shift}
     names = [n[:4] for n in model.config.expressions]
     print(f"model: {args.model or 'default'}; photos: {args.photos}")
     print(f"{'photo':28s} face  label  p     " + "  ".join(f"{c:>11s}" for c in CHANGES))
@@ -75,14 +77,16 @@ def main() -> None:
             if detection.landmarks is None:
                 continue
             faces += 1
-            step = 1.0 / alignment_scale(detection, size)  # photo pixels per input pixel
-            crop = align_face(rgb, detection, size)
+            step = 1.0 / alignment_scale(detection, size, margin=frame["margin"])
+            crop = align_face(rgb, detection, size, **frame)
             grey = np.repeat(crop.mean(axis=2, keepdims=True).round().astype(np.uint8), 3, 2)
             shifts = [
-                align_face(rgb, _moved(detection, dx * step, dy * step), size)
+                align_face(rgb, _moved(detection, dx * step, dy * step), size, **frame)
                 for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1))
             ]
-            scales = [align_face(rgb, _moved(detection, 0, 0, z), size) for z in (1.05, 0.95)]
+            scales = [
+                align_face(rgb, _moved(detection, 0, 0, z), size, **frame) for z in (1.05, 0.95)
+            ]
             # the same face in the moved photo: the detection nearest to this one's centre
             cx = (detection.box[0] + detection.box[2]) / 2
             cy = (detection.box[1] + detection.box[3]) / 2
@@ -95,7 +99,7 @@ def main() -> None:
                         + abs((d.box[1] + d.box[3]) / 2 + 1 - cy)
                     ),
                 )
-                photo = [align_face(shifted, near, size)]
+                photo = [align_face(shifted, near, size, **frame)]
             p = _probabilities(model, [crop, grey, *shifts, *scales, *photo])
             groups = {"grey": p[1:2], "shift": p[2:6], "scale": p[6:8], "photo": p[8:]}
             label = int(p[0].argmax())
