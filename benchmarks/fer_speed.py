@@ -49,6 +49,7 @@ from _common import verdict as floor_verdict
 from PIL import Image
 
 from affectfpn import AffectFPN, predict
+from affectfpn.data import expression_from_name
 from affectfpn.io import list_images
 from affectfpn.labels import EXPRESSIONS
 from affectfpn.models.registry import list_models
@@ -57,26 +58,23 @@ FLOOR = 1.0
 ACCURACY_FLOOR = 0.64
 FAST_MODEL = "fer2013-fast-resnet18half"
 
-#: FER2013's folder names, fer's labels and affectfpn's names of the same seven expressions.
-FOLDERS = {
-    "angry": "Anger",
-    "disgust": "Disgust",
-    "fear": "Fear",
-    "happy": "Happiness",
-    "neutral": "Neutral",
-    "sad": "Sadness",
-    "surprise": "Surprise",
-}
+
+def expression_label(name: str) -> str | None:
+    """affectfpn's name of a FER2013 folder or one of fer's labels (``"angry"`` -> ``"Anger"``)."""
+    index = expression_from_name(name)
+    return None if index is None else EXPRESSIONS[index]
 
 
 def pick_faces(root: Path, count: int) -> list[tuple[Path, str]]:
     """``count`` (file, expression) pairs taken evenly from the sorted listing of ``root``."""
-    files = [p for p in list_images(root, recursive=True) if p.parent.name in FOLDERS]
+    files = [
+        p for p in list_images(root, recursive=True) if expression_label(p.parent.name) is not None
+    ]
     if not files:
         raise SystemExit(f"no FER2013 class folders under {root}; pass --data")
     step = len(files) / count
     chosen = [files[int(i * step) % len(files)] for i in range(count)]
-    return [(p, FOLDERS[p.parent.name]) for p in chosen]
+    return [(p, str(expression_label(p.parent.name))) for p in chosen]
 
 
 def write_faces(faces: list[tuple[Path, str]], folder: Path) -> list[Path]:
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                 found = detector.detect_emotions(str(path), face_rectangles=[box])
                 scores: dict[str, float] = found[0]["emotions"] if found else {}
                 best = max(scores, key=scores.__getitem__) if scores else ""
-                out.append(FOLDERS.get(best, best))
+                out.append(expression_label(best) or best)
             return out
 
         def ours(model: AffectFPN) -> list[str]:
@@ -146,7 +144,6 @@ def main(argv: list[str] | None = None) -> None:
         labels.update({name: ours(m) for name, m in models.items()})
         for name, predicted in labels.items():
             accuracy[name] = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
-        assert set(EXPRESSIONS) == set(FOLDERS.values())
 
         candidates = {"fer": lambda: len(fer_labels())}
         for name, model in models.items():

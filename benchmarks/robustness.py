@@ -25,7 +25,7 @@ from _common import DEFAULT_YUNET, SHARED, make_parser, setup
 
 from affectfpn import AffectFPN
 from affectfpn.inference import Detection, get_detector
-from affectfpn.inference.align import align_face, alignment_scale
+from affectfpn.inference.align import align_face, alignment_scale, alignment_transform
 from affectfpn.io import list_images, load_image
 from affectfpn.preprocess import normalize
 
@@ -77,7 +77,8 @@ def main() -> None:
             if detection.landmarks is None:
                 continue
             faces += 1
-            step = 1.0 / alignment_scale(detection, size, margin=frame["margin"])
+            # photo pixels per input pixel
+            step = 1.0 / alignment_scale(alignment_transform(detection, size, **frame))
             crop = align_face(rgb, detection, size, **frame)
             grey = np.repeat(crop.mean(axis=2, keepdims=True).round().astype(np.uint8), 3, 2)
             shifts = [

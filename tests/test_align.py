@@ -17,6 +17,7 @@ from affectfpn.inference.align import (
     crop_box,
     face_template,
     similarity_transform,
+    warp_face,
 )
 from affectfpn.inference.detectors import Detection, YuNetDetector
 from affectfpn.io import load_image
@@ -177,7 +178,7 @@ def test_a_reduced_image_aligns_like_the_full_one() -> None:
     box = (*points.min(axis=0), *points.max(axis=0))
     landmarked = Detection(box=box, score=1.0, landmarks=points)
     for detection in (landmarked, Detection((60.0, 50.0, 330.0, 340.0), 1.0)):
-        assert alignment_scale(detection, (48, 48)) < 0.25  # shrunk more than 4x
+        assert alignment_scale(alignment_transform(detection, (48, 48))) < 0.25  # shrunk > 4x
         expected = align_face(full, detection, (48, 48)).astype(int)
         got = align_face(reduced, detection, (48, 48), reduction=4).astype(int)
         # Same pixels up to rounding; a reduced image read as if pixel j covered 4j .. 4j + 4
@@ -191,13 +192,18 @@ def test_a_reduced_image_aligns_like_the_full_one() -> None:
 
 
 def test_alignment_scale_is_output_pixels_per_image_pixel() -> None:
-    assert alignment_scale(Detection((0, 0, 100, 100), 1.0), (50, 50), box_margin=0) == (
-        pytest.approx(0.5)
-    )
+    box = alignment_transform(Detection((0, 0, 100, 100), 1.0), (50, 50), box_margin=0)
+    assert alignment_scale(box) == pytest.approx(0.5)
     template = face_template((64, 64))
     big = template * 3.0 + 7.0  # the template three times as large
     detection = Detection(box=(0, 0, 200, 200), score=1.0, landmarks=big)
-    assert alignment_scale(detection, (64, 64)) == pytest.approx(1 / 3, rel=1e-6)
+    matrix = alignment_transform(detection, (64, 64))
+    assert alignment_scale(matrix) == pytest.approx(1 / 3, rel=1e-6)
+    # warp_face with that matrix is align_face
+    image = np.random.default_rng(2).integers(0, 256, (220, 220, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        warp_face(image, matrix, (64, 64)), align_face(image, detection, (64, 64))
+    )
 
 
 @pytest.mark.parametrize("size", [(0, 10), (10,), "ab", (-1, -1)])

@@ -30,19 +30,10 @@ import torch
 from PIL import Image
 
 from affectfpn import AffectFPN, AffectFPNConfig, ModelInfo, list_models
+from affectfpn.data import expression_from_name
 from affectfpn.export import OUTPUT_NAMES, OnnxRunner, export_onnx
 from affectfpn.labels import EXPRESSIONS
 
-#: FER2013's class folders.
-FER_CLASSES = {
-    "angry": "Anger",
-    "disgust": "Disgust",
-    "fear": "Fear",
-    "happy": "Happiness",
-    "neutral": "Neutral",
-    "sad": "Sadness",
-    "surprise": "Surprise",
-}
 #: Every STEP-th file (sorted by name) of each class folder: a fixed, stratified subset.
 STEP = 5
 FER_TEST_SIZE = 3589
@@ -121,9 +112,11 @@ def _info(name: str) -> ModelInfo:
 def fer_subset(root: Path) -> list[tuple[Path, str]]:
     """(image, expression) for every STEP-th file of each class folder of FER2013 ``test``."""
     subset = []
-    for folder, expression in sorted(FER_CLASSES.items()):
+    for folder in sorted(os.listdir(root)):  # angry, disgust, ...: the library's synonyms
+        index = expression_from_name(folder)
+        assert index is not None, f"unknown FER2013 class folder {folder!r}"
         names = sorted(os.listdir(root / folder))
-        subset += [(root / folder / name, expression) for name in names[::STEP]]
+        subset += [(root / folder / name, EXPRESSIONS[index]) for name in names[::STEP]]
     return subset
 
 
@@ -134,7 +127,8 @@ def fer_test(shared_dir: Path) -> list[tuple[Path, str]]:
         pytest.skip(f"FER2013 test split not found at {root}")
     subset = fer_subset(root)
     # the split is the one the cards were measured on, and the subset keeps its class balance
-    total = sum(len(os.listdir(root / folder)) for folder in FER_CLASSES)
+    assert {expression for _, expression in subset} == set(EXPRESSIONS)
+    total = sum(len(os.listdir(root / folder)) for folder in os.listdir(root))
     assert total == FER_TEST_SIZE
     assert len(subset) == 721
     return subset

@@ -43,6 +43,7 @@ __all__ = [
     "crop_box",
     "face_template",
     "similarity_transform",
+    "warp_face",
 ]
 
 #: The 5-point template of ArcFace-style alignment, ``(x, y)`` in a 112 x 112 crop, in YuNet's
@@ -180,7 +181,7 @@ def alignment_transform(
 def _warp(rgb: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     out_h, out_w = output_size
     img_h, img_w = rgb.shape[:2]
-    scale = math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))
+    scale = alignment_scale(matrix)
     if 0 < scale < _PREFILTER_BELOW:
         # Shrink only the part of the image the output sees, by area averaging, then warp that.
         inverse = cv2.invertAffineTransform(matrix)
@@ -278,6 +279,18 @@ def align_face(
     """
     size = _check_size(output_size)
     matrix = alignment_transform(detection, size, margin=margin, box_margin=box_margin, shift=shift)
+    return warp_face(rgb, matrix, size, reduction=reduction)
+
+
+def warp_face(
+    rgb: np.ndarray, matrix: np.ndarray, output_size: Sequence[int], *, reduction: int = 1
+) -> np.ndarray:
+    """Warp with an :func:`alignment_transform` matrix: what :func:`align_face` does with it.
+
+    ``reduction`` as for :func:`align_face`: ``rgb`` is the image the matrix refers to, shrunk
+    by that whole factor.
+    """
+    size = _check_size(output_size)
     if reduction != 1:
         if not isinstance(reduction, int) or reduction < 1:
             raise InputError(
@@ -290,13 +303,6 @@ def align_face(
     return _warp(_as_rgb(rgb), matrix, size)
 
 
-def alignment_scale(
-    detection: Detection,
-    output_size: Sequence[int],
-    *,
-    margin: float = DEFAULT_ALIGN_MARGIN,
-    box_margin: float = DEFAULT_BOX_MARGIN,
-) -> float:
-    """Output pixels per image pixel of :func:`align_face`'s warp (< 1: the face is shrunk)."""
-    matrix = alignment_transform(detection, output_size, margin=margin, box_margin=box_margin)
+def alignment_scale(matrix: np.ndarray) -> float:
+    """Output pixels per image pixel of an :func:`alignment_transform` matrix (< 1: shrinking)."""
     return math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))

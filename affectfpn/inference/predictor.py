@@ -48,7 +48,7 @@ from typing_extensions import Unpack
 from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, InputError
-from affectfpn.inference.align import align_face, alignment_scale
+from affectfpn.inference.align import alignment_scale, alignment_transform, warp_face
 from affectfpn.inference.detectors import (
     Detection,
     FaceDetector,
@@ -553,16 +553,15 @@ class Predictor:
                 full: LoadedImage | None = None
                 # framed as the model's training faces were (config.align_margin / _shift)
                 margin, shift = self.config.align_margin, self.config.align_shift
+                r = image.reduction
                 for i, detection in enumerate(detections):
-                    r = image.reduction
-                    scale = alignment_scale(detection, size, margin=margin)
-                    if r == 1 or scale * r <= 1.0:
-                        crops[i] = align_face(
-                            rgb, detection, size, margin=margin, shift=shift, reduction=r
-                        )
-                    else:  # a small face: the reduced image has fewer pixels than the crop
+                    matrix = alignment_transform(detection, size, margin=margin, shift=shift)
+                    if r > 1 and alignment_scale(matrix) * r > 1.0:
+                        # a small face: the reduced image has fewer pixels than the crop
                         full = full or image.full()
-                        crops[i] = align_face(full.rgb, detection, size, margin=margin, shift=shift)
+                        crops[i] = warp_face(full.rgb, matrix, size)
+                    else:
+                        crops[i] = warp_face(rgb, matrix, size, reduction=r)
         except InputError as error:
             return _Failed(source, error)
         return _Prepared(source, width, height, crops, detections)
