@@ -409,6 +409,13 @@ class Predictor:
         )
         # YuNet and Haar lock around their network themselves (and keep their pre- and
         # post-processing parallel); any other detector is called by one loader thread at a time.
+        # YuNet shrinks large photos before detection: a JPEG is then decoded at that fraction
+        # of its size at once (several times faster than decoding it in full). Decided once
+        # here: a Protocol isinstance check costs microseconds per image.
+        self._shrinking = self.detector if isinstance(self.detector, ShrinkingDetector) else None
+        self._reduce: Callable[[int, int], float] | None = (
+            None if self._shrinking is None else self._reduction_allowed
+        )
         builtin = isinstance(self.detector, (YuNetDetector, HaarDetector))
         self._detect_lock: AbstractContextManager[Any] = (
             nullcontext() if builtin else threading.Lock()
@@ -529,14 +536,7 @@ class Predictor:
         source, item = named
         try:
             detector = self.detector
-            # YuNet shrinks large photos before detection: a JPEG is then decoded at that
-            # fraction of its size at once (several times faster than decoding it in full).
-            reduce = (
-                (lambda w, h: 1.0 / detector.scale_for(w, h))
-                if isinstance(detector, ShrinkingDetector)
-                else None
-            )
-            image = load_image(item, bgr=self.bgr, name=source, reduce=reduce)
+            image = load_image(item, bgr=self.bgr, name=source, reduce=self._reduce)
             rgb = image.rgb
             width, height = image.full_size
             size = self.config.input_size
@@ -566,6 +566,11 @@ class Predictor:
             return _Failed(source, error)
         return _Prepared(source, width, height, crops, detections)
 
+    def _reduction_allowed(self, width: int, height: int) -> float:
+        """By how much the detector shrinks an image of this size anyway (``load_image``)."""
+        assert self._shrinking is not None
+        return 1.0 / self._shrinking.scale_for(width, height)
+
     def _detect(self, image: LoadedImage) -> list[Detection]:
         """The faces of ``image`` in full-size pixels, best score first."""
         detector = self.detector
@@ -575,7 +580,8 @@ class Predictor:
             if r == 1:
                 found = detector.detect(image.rgb)
             else:
-                assert isinstance(detector, ShrinkingDetector)
+                assert self._shrinking is not None
+                detector = self._shrinking
                 shrink = min(1.0, detector.scale_for(*image.full_size) * r)
                 reduced = detector.detect(image.rgb, shrink=shrink)
                 found = [_scaled(d, r, image.full_size) for d in reduced]
