@@ -250,21 +250,37 @@ def list_images(directory: str | os.PathLike[str], *, recursive: bool = False) -
         Files whose extension is in ``IMAGE_EXTENSIONS`` (case-insensitive). Hidden files and
         folders (name starting with ``.``, e.g. macOS ``._photo.jpg`` resource forks) are skipped.
     """
+    return [Path(name) for name in _image_files(directory, recursive)]
+
+
+def _has_image_suffix(name: str) -> bool:
+    """:func:`is_image_path` for a bare file name (no folder part), without building a Path."""
+    dot = name.rfind(".")
+    return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def _image_files(directory: str | os.PathLike[str], recursive: bool) -> list[str]:
+    """:func:`list_images` as path strings (each ``str()`` of the Path it returns)."""
     root = Path(directory)
     if not recursive:  # one scandir: names and file types without a stat per entry
         with os.scandir(root) as entries:
             names = [
                 e.name
                 for e in entries
-                if not e.name.startswith(".") and is_image_path(e.name) and e.is_file()
+                if not e.name.startswith(".") and _has_image_suffix(e.name) and e.is_file()
             ]
-        return [root / name for name in sorted(names)]
+        names.sort()
+        # The strings str(root / name) gives, without a Path per file.
+        prefix = str(root)
+        if prefix == ".":
+            return names
+        return [os.path.join(prefix, name) for name in names]
     found = [
         p
         for p in root.rglob("*")
         if is_image_path(p) and not _is_hidden(p.relative_to(root).parts) and p.is_file()
     ]
-    return sorted(found)
+    return [str(p) for p in sorted(found)]
 
 
 def _default_name(obj: object, index: int | None) -> str:
@@ -354,15 +370,14 @@ def _expand_path(obj: str | os.PathLike[Any], recursive: bool) -> Iterator[tuple
     text = os.fsdecode(raw)
     path = Path(text).expanduser()
     if path.is_dir():
-        files = list_images(path, recursive=recursive)
+        files = _image_files(path, recursive)
         if not files:
             raise InputError(
                 f"{text}: the directory holds no image files "
                 f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
                 + ("" if recursive else "; pass recursive=True to search sub-folders")
             )
-        for f in files:
-            name = str(f)
+        for name in files:
             yield name, name
     elif not path.exists() and has_glob_chars(text):
         pattern = os.path.expanduser(text)
@@ -466,8 +481,7 @@ def _read_path(src: str | os.PathLike[Any], source: str) -> bytes:
         raise _fail(source, "URLs are not downloaded; fetch the file first and pass its path")
     path = os.path.expanduser(text)
     try:  # no stat beforehand: the error says what is wrong
-        with open(path, "rb") as file:
-            data = file.read()
+        data = _read_file(path)
     except FileNotFoundError:
         raise _fail(
             source, "no such file; check the path (relative paths start at the cwd)"
@@ -483,6 +497,29 @@ def _read_path(src: str | os.PathLike[Any], source: str) -> bytes:
     if not data:
         raise _fail(source, "the file is empty (0 bytes); re-export or re-download it")
     return data
+
+
+def _read_file(path: str) -> bytes:
+    """A file's content: ``open(path, "rb").read()`` in fewer steps.
+
+    One ``read`` of the size ``fstat`` reports, plus one byte to see the end, is enough for a
+    regular file; anything else (a file that grows or shrinks meanwhile, a pipe) is read on
+    until the end. For small face crops the file object's buffering was a third of the time.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        size = info.st_size
+        data = os.read(fd, size + 1)
+        if len(data) == size and stat.S_ISREG(info.st_mode):
+            return data
+        parts = [data]
+        while data:
+            data = os.read(fd, max(size, 1 << 16))
+            parts.append(data)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 #: Tried first, in this order: the formats photos and face crops come in. Pillow tries formats
@@ -583,25 +620,36 @@ def _decode_plain_jpeg(
     import cv2
 
     width, height = size
-    allowed = 1.0 if reduce is None else reduce(width, height)
-    reduction = next(
-        (r for r in _JPEG_REDUCTIONS if r <= allowed and width % r == 0 and height % r == 0), 1
-    )
-    flags = {
-        1: cv2.IMREAD_COLOR,
-        2: cv2.IMREAD_REDUCED_COLOR_2,
-        4: cv2.IMREAD_REDUCED_COLOR_4,
-        8: cv2.IMREAD_REDUCED_COLOR_8,
-    }
     encoded = np.frombuffer(data, dtype=np.uint8)
-    bgr = cv2.imdecode(encoded, flags[reduction])
-    sides = (height // reduction, width // reduction)
-    if reduction > 1 and (bgr is None or bgr.shape[:2] not in (sides, sides[::-1])):
+    reduction = 1
+    if reduce is not None:
+        allowed = reduce(width, height)
+        reduction = next(
+            (r for r in _JPEG_REDUCTIONS if r <= allowed and width % r == 0 and height % r == 0),
+            1,
+        )
+    if reduction > 1:
+        flag = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}.get(
+            reduction, cv2.IMREAD_REDUCED_COLOR_8
+        )
+        bgr = cv2.imdecode(encoded, flag)
+        sides = (height // reduction, width // reduction)
+        if bgr is not None and bgr.shape[:2] in (sides, sides[::-1]) and bgr.ndim == 3:
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), reduction
         # not what libjpeg's scaling gives: decode in full instead
-        reduction, bgr = 1, cv2.imdecode(encoded, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+    rgb = _imdecode_rgb(cv2, encoded)
+    if rgb is None or rgb.ndim != 3 or rgb.shape[2] != 3:
         return None
-    return np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), reduction
+    return rgb, 1
+
+
+def _imdecode_rgb(cv2: Any, encoded: np.ndarray) -> np.ndarray | None:
+    """Decode in full to RGB: libjpeg writes RGB itself where OpenCV can ask it to (>= 4.11)."""
+    flag = getattr(cv2, "IMREAD_COLOR_RGB", None)
+    if flag is not None:
+        return cast(np.ndarray | None, cv2.imdecode(encoded, flag))
+    bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    return None if bgr is None or bgr.ndim != 3 else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 # Pillow's own size check warns (DecompressionBombWarning) for images between its limit and twice

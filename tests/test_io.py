@@ -289,6 +289,40 @@ def test_missing_file_directory_and_empty_file(tmp_path: Path) -> None:
         load_image(42)
 
 
+def test_files_are_read_whole_whatever_their_reported_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One read of fstat's size is the fast path; a stale size (a file written meanwhile) or a
+    # pipe must still give every byte.
+    from affectfpn import io as aio
+
+    content = bytes(range(256)) * 300  # 76,800 bytes: more than one read of 64 KiB
+    path = tmp_path / "blob.bin"
+    path.write_bytes(content)
+    assert aio._read_file(str(path)) == content
+    real_fstat = os.fstat
+    for wrong in (0, 1000, len(content) - 1, len(content) + 1, 10 * len(content)):
+
+        def fake_fstat(fd: int, wrong: int = wrong) -> Any:
+            info = real_fstat(fd)
+            return os.stat_result((info.st_mode, *info[1:6], wrong, *info[7:]))
+
+        monkeypatch.setattr(aio.os, "fstat", fake_fstat)
+        assert aio._read_file(str(path)) == content, wrong
+    monkeypatch.undo()
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        import threading
+
+        writer = threading.Thread(target=lambda: fifo.write_bytes(content))
+        writer.start()
+        try:
+            assert aio._read_file(str(fifo)) == content
+        finally:
+            writer.join(timeout=10)
+
+
 def test_wrong_extensions(tmp_path: Path, photo: np.ndarray) -> None:
     png_named_jpg = tmp_path / "really_a_png.jpg"
     png_named_jpg.write_bytes(_png_bytes(Image.fromarray(photo)))
@@ -400,6 +434,22 @@ def test_directory_expands_to_sorted_images(image_dir: Path) -> None:
     assert all(load_image(item).rgb.shape == (2, 2, 3) for _, item in pairs)
 
 
+def test_directory_names_are_the_path_strings(
+    image_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Source names are str() of the listed Paths, however the folder was spelt.
+    from affectfpn.io import _has_image_suffix
+
+    monkeypatch.chdir(image_dir)
+    spellings = [".", "./", "./sub/..", str(image_dir) + os.sep, "sub/../", Path(".")]
+    for folder in spellings:
+        names = [name for name, _ in iter_sources(folder)]
+        assert names == [str(p) for p in list_images(folder)], folder
+        assert names == [str(Path(folder) / n) for n in ["a.JPG", "b.png", "c.webp"]], folder
+    for name in ["a.jpg", "b.JPEG", "c.Png", ".jpg", "..jpg", "d.", "e", "f.jpg.txt", "g.tar.png"]:
+        assert _has_image_suffix(name) == is_image_path(name), name
+
+
 def test_glob_pattern_expands(image_dir: Path) -> None:
     names = [Path(name).name for name, _ in iter_sources(str(image_dir / "*.png"))]
     assert names == ["b.png"]
@@ -498,6 +548,23 @@ def test_jpeg_decoding_matches_pillow_pixel_for_pixel(kind: str) -> None:
     got = load_image(data).rgb
     assert got.shape == expected.shape
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind", ["colour 4:2:0", "grey", "exif rotated"])
+def test_jpeg_pixels_are_the_same_where_opencv_cannot_decode_to_rgb(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenCV before 4.11 has no IMREAD_COLOR_RGB: BGR decoding plus a conversion stands in.
+    import cv2
+
+    if not hasattr(cv2, "IMREAD_COLOR_RGB"):
+        pytest.skip("this OpenCV has no IMREAD_COLOR_RGB: the fallback is the only path")
+    data = _jpegs()[kind]
+    direct = load_image(data).rgb
+    monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB")
+    fallback = load_image(data).rgb
+    assert np.array_equal(direct, fallback)
+    assert np.array_equal(fallback, _pillow_reference(data))
 
 
 def test_only_complete_plain_jpegs_take_the_opencv_path() -> None:
