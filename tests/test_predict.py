@@ -533,6 +533,20 @@ def test_the_folded_model_is_looked_up_once_per_call(
     assert len(calls) == 1  # no batch, no lookup
 
 
+def test_module_tensors_are_every_parameter_and_buffer(model: AffectFPN) -> None:
+    from affectfpn.inference.predictor import _module_tensors
+
+    shared = torch.nn.Linear(2, 2, bias=False)  # no bias: a None entry to skip
+    odd = torch.nn.Sequential(shared, torch.nn.BatchNorm1d(2), shared)
+    odd.register_module("missing", None)
+    for module in (model, odd):
+        got = _module_tensors(module)
+        assert all(isinstance(t, torch.Tensor) for t in got)
+        expected = {id(t) for t in [*module.parameters(), *module.buffers()]}
+        assert {id(t) for t in got} == expected
+        assert [id(t) for t in _module_tensors(module)] == [id(t) for t in got]  # fixed order
+
+
 # --------------------------------------------------------------------------- reduced decoding
 
 
