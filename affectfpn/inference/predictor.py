@@ -100,7 +100,7 @@ _R = TypeVar("_R")
 # --------------------------------------------------------------------------- internal records
 
 
-@dataclass
+@dataclass(slots=True)
 class _Prepared:
     """One decoded image, reduced to what the model needs: its aligned faces."""
 
@@ -111,7 +111,7 @@ class _Prepared:
     detections: list[Detection] | None  # None in crop mode
 
 
-@dataclass
+@dataclass(slots=True)
 class _Failed:
     """An input that could not be read (kept in order, handled by ``on_error``)."""
 
@@ -119,7 +119,7 @@ class _Failed:
     error: InputError
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """An image whose faces are (partly) waiting for the model."""
 
