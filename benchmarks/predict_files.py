@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/predict_files.py [--threads 2] [--count 512] [--rounds 5] [--model NAME]
+    python benchmarks/predict_files.py [--threads 2] [--count 512] [--rounds 7] [--model NAME]
 
 Writes ``--count`` (512) face crops, resized to the model's input size, as JPEG files (RGB,
 quality 95) into a temporary folder: FER2013 test faces from ``--data`` (default
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--count", type=int, default=512, help="number of JPEG files")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds")
     parser.add_argument("--num-workers", type=int, help="Predictor loader threads")
     args = parser.parse_args(argv)
     if args.quick:
