@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     clock.hook_model(model)
     # The Predictor calls these through its module's globals: wrap them there (benchmark only).
     predictor_module.load_image = clock.wrap("decode", predictor_module.load_image)
-    predictor_module.align_face = clock.wrap("align", predictor_module.align_face)
+    predictor_module.warp_face = clock.wrap("align", predictor_module.warp_face)
     sequential = Predictor(
         model,
         detector=TimedDetector(detector, clock),

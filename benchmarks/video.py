@@ -430,8 +430,16 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=None, help="torch threads (default: usable cores)"
     )
     parser.add_argument("--skip-memory", action="store_true", help="only the speed part")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="every 8th frame, no memory run: a smoke test of the script, not a measurement",
+    )
     parser.add_argument("--child-repeat", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.every_n, args.skip_memory = max(args.every_n, 8), True
+        print("QUICK RUN: every 8th frame, no memory run; the figures are NOT representative")
     # More torch threads than usable cores make OpenMP threads spin against each other.
     torch.set_num_threads(args.threads or _usable_cores())
     if not args.video.is_file():
