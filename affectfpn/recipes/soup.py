@@ -126,11 +126,12 @@ def recalibrate_batchnorm(
     ``data`` yields samples with a ``uint8`` ``image`` (``3 x H x W`` at the model's input
     size), as :func:`affectfpn.evaluation.build_eval_dataset` gives them: no augmentation. The
     model runs in eval mode except for its BatchNorm layers, which average the statistics of
-    every batch (``momentum=None``: the exact mean over the faces when the batches are of one
-    size, as with the defaults) over ``samples`` faces drawn at random with ``seed`` (all of
-    them when ``None`` or more than there are). Frozen BatchNorm layers
-    (``FrozenBatchNorm2d``) are not BatchNorm modules and keep their statistics. The model is
-    left in eval mode.
+    every batch (``momentum=None``) over ``samples`` faces drawn at random with ``seed`` (all
+    of them when ``None`` or more than there are). With batches of one size (as with the
+    defaults) the running mean is then the exact mean over the faces, and the running variance
+    the mean of the batches' variances. Frozen BatchNorm layers (``FrozenBatchNorm2d``) are not
+    BatchNorm modules and keep their statistics. The model runs on ``device`` (default: where
+    it is) and is left there, in eval mode.
 
     Returns:
         The number of faces seen.
