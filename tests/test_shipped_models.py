@@ -60,9 +60,9 @@ KNOWN_MISSES: dict[str, dict[str, str]] = {
     # disgust faces (436 of 28,709) and its anger faces mostly show open mouths.
     "fer2013-resnet18-fpn": {"15-f13-anc-ph.jpg": "Sadness", "45-m7-di-ph.jpg": "Sadness"},
     # Fine-tuned from the model above, it keeps misreading both as negative (anger face: Fear
-    # 0.41, Sadness 0.33, Anger 0.16; disgust face: Neutral 0.30 just above Sadness 0.26 and
-    # Fear 0.23, the negative expressions 0.69 together; the stage before its soup said
-    # Sadness 0.30 over Neutral 0.28 there).
+    # 0.39, Sadness 0.34, Anger 0.19; disgust face: Neutral 0.30 just above Sadness 0.26, Fear
+    # 0.22 and Anger 0.21, the negative expressions 0.70 together; the stage before its soups
+    # said Sadness 0.30 over Neutral 0.28 there).
     "fer2013-multitask-resnet18-fpn": {
         "15-f13-anc-ph.jpg": "Fear",
         "45-m7-di-ph.jpg": "Neutral",
