@@ -12,9 +12,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from affectfpn import AffectFPN, AffectFPNConfig
-from affectfpn.errors import ConfigError, WeightsError
+from affectfpn.errors import ConfigError
 from affectfpn.preprocess import normalize
 from affectfpn.recipes import soup
+from affectfpn.recipes.trainer import CHECKPOINT_FORMAT
 
 
 def _config(**changes: Any) -> AffectFPNConfig:
@@ -153,7 +154,8 @@ def test_command_line_builds_and_saves_the_soup(tmp_path: Path) -> None:
     a, b = _model(0), _model(1)
     a.save_pretrained(tmp_path / "a")
     # b as a Trainer checkpoint: config as JSON text, weights under "model"
-    checkpoint = {"format": 1, "model": b.state_dict(), "config": json.dumps(b.config.to_dict())}
+    config = json.dumps(b.config.to_dict())
+    checkpoint = {"format": CHECKPOINT_FORMAT, "model": b.state_dict(), "config": config}
     torch.save(checkpoint, tmp_path / "last.pt")
     data = _face_folder(tmp_path / "faces")
     code = soup.main(
@@ -194,7 +196,7 @@ def test_command_line_errors_are_one_line(
     assert code == 2
     assert "fpn_width" in capsys.readouterr().err
     torch.save({"weights": {}}, tmp_path / "other.pt")
-    with pytest.raises(WeightsError, match="not a checkpoint"):
+    with pytest.raises(ConfigError, match="checkpoint format None not understood"):
         soup.load_model_or_checkpoint(str(tmp_path / "other.pt"))
     with pytest.raises(SystemExit):
         soup.main([str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--offset", "Fear"])

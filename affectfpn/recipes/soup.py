@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from affectfpn.config import AffectFPNConfig
-from affectfpn.errors import AffectFPNError, ConfigError, WeightsError
+from affectfpn.errors import AffectFPNError, ConfigError
 from affectfpn.models.affectfpn import AffectFPN
 from affectfpn.preprocess import normalize
 
@@ -95,11 +95,13 @@ def average_models(
     averaged = {}
     for key, value in states[0].items():
         if value.is_floating_point():
-            mean = sum(
-                (w / total) * s[key].detach().to(torch.float64)
-                for w, s in zip(weights, states, strict=True)
-            )
-            averaged[key] = torch.as_tensor(mean).to(value.dtype)
+            mean = torch.stack(
+                [
+                    (w / total) * s[key].detach().to(torch.float64)
+                    for w, s in zip(weights, states, strict=True)
+                ]
+            ).sum(0)
+            averaged[key] = mean.to(value.dtype)
         else:
             averaged[key] = value.clone()
     result = copy.deepcopy(first)
@@ -197,16 +199,10 @@ def load_model_or_checkpoint(source: str) -> AffectFPN:
     """A model from a name, folder or repo id, or from a Trainer's ``last.pt`` checkpoint."""
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".pt":
-        # The Trainer's own checkpoint, read as resuming reads it: tensors and plain data only.
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "model" not in state or "config" not in state:
-            raise WeightsError(
-                f"{source}: not a checkpoint of affectfpn's Trainer (no 'model' and 'config'); "
-                "pass a model folder or a registered name instead"
-            )
-        config = state["config"]
-        if isinstance(config, str):  # the Trainer stores it as JSON text
-            config = json.loads(config)
+        from affectfpn.recipes.trainer import read_checkpoint  # read as resuming reads it
+
+        state = read_checkpoint(path)
+        config = json.loads(state["config"])
         model = AffectFPN(AffectFPNConfig.from_dict(config, source=f"{source} (config)"))
         model.load_state_dict(state["model"])
         return model.eval()

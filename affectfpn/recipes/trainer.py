@@ -529,15 +529,7 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if not path.is_file():
             return False
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a damaged file: name it and say what to do
-            raise ConfigError(
-                f"{path}: cannot read this checkpoint ({err}); delete it to start over"
-            ) from err
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            found = state.get("format") if isinstance(state, dict) else None
-            raise ConfigError(f"{path}: checkpoint format {found} not understood")
+        state = read_checkpoint(path)
         saved_config = json.loads(state["config"])
         if saved_config != self.model.config.to_dict():
             raise ConfigError(
@@ -831,6 +823,27 @@ class Trainer:
         atomic_write(
             path, lambda tmp: tmp.write_text(json.dumps(done, indent=2) + "\n", encoding="utf-8")
         )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A ``last.pt`` written by :class:`Trainer`: tensors and plain data only.
+
+    Read with ``torch.load(weights_only=True)``, which runs no code from the file. ``"model"``
+    is the model's state dict and ``"config"`` its configuration as JSON text.
+
+    Raises:
+        ConfigError: the file cannot be read, or is not a checkpoint of this format.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file: name it and say what to do
+        raise ConfigError(
+            f"{path}: cannot read this checkpoint ({err}); delete it to start over"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
+        raise ConfigError(f"{path}: checkpoint format {found} not understood")
+    return state
 
 
 def training_finished(output_dir: str | Path, epochs: int) -> bool:
