@@ -47,7 +47,10 @@ def add_parser(command: Command) -> None:
     p.add_argument(
         "--check",
         action="store_true",
-        help="only load and check the recipe (with --set applied), do not train",
+        help=(
+            "only check the recipe (with --set applied) and that its data paths exist and hold "
+            "labelled images; do not train"
+        ),
     )
     p.set_defaults(handler=run)
 
@@ -66,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("train.progress=false")
     recipe = load_recipe(Path(args.recipe).expanduser(), overrides)
     if args.check:
+        lines: list[str] = []
+        if recipe.kind == "train":
+            from affectfpn.recipes.stage import check_data
+
+            lines = check_data(recipe.table("data"), source=recipe.source)
         print(
             f"{recipe.source}: a valid {recipe.kind} recipe {recipe.name!r}, output "
             f"{recipe.output_dir}"
         )
+        for line in lines:
+            print(f"  {line}")
         return EXIT_OK
     summary = run_recipe(recipe, stages=args.stages)
     print(json.dumps(_short(summary), indent=2, default=str))

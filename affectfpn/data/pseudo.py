@@ -123,15 +123,31 @@ class MixedDataset(LabelArraysMixin, ConcatDataset[Sample]):
     Args:
         datasets: the parts, in order.
         names: one short name per part (e.g. ``("affwild2", "affectnet", "expw")``).
+        weights: one loss weight per part (each >= 0). With them, every sample carries
+            ``"weight"`` (a float32 scalar) and the training losses weigh its labels by it, so
+            that a large part (say, a neutral-heavy set) can count less than its size.
 
     Raises:
         DatasetError: keys that are not unique (pass ``names``).
     """
 
     def __init__(
-        self, datasets: Sequence[Dataset[Sample]], names: Sequence[str] | None = None
+        self,
+        datasets: Sequence[Dataset[Sample]],
+        names: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__(list(datasets))
+        self.weights: list[float] | None = None
+        if weights is not None:
+            values = [float(w) for w in weights]
+            if len(values) != len(self.datasets) or not all(
+                math.isfinite(w) and w >= 0 for w in values
+            ):
+                raise ConfigError(
+                    f"weights must be {len(self.datasets)} finite numbers >= 0, got {list(weights)}"
+                )
+            self.weights = values
         if names is not None:
             names = [str(n) for n in names]
             if len(names) != len(self.datasets) or len(set(names)) != len(names) or "" in names:
@@ -182,6 +198,8 @@ class MixedDataset(LabelArraysMixin, ConcatDataset[Sample]):
         j = i - (self.cumulative_sizes[d - 1] if d else 0)
         sample = dict(self.datasets[d][j])
         sample["key"] = self._keys[i]
+        if self.weights is not None:
+            sample["weight"] = torch.tensor(self.weights[d], dtype=torch.float32)
         if self._labels.expression_soft is not None and "expression_soft" not in sample:
             sample["expression_soft"] = torch.from_numpy(self._labels.expression_soft[i].copy())
         return sample

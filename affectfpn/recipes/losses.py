@@ -8,6 +8,14 @@ the mask, not multiplied by it. Each task's loss is averaged over the labels pre
 batch; a task with no label in the batch adds an exact zero that still reaches its head (with a
 zero gradient), so every parameter takes part in every backward pass (as
 DistributedDataParallel requires).
+
+A batch may carry ``"weight"`` (one float per sample, from a
+:class:`~affectfpn.data.MixedDataset` with part weights): each task's loss is then the weighted
+mean over its labelled samples, so a part weighted 0.5 counts half as much per face.
+
+:func:`distill_loss` is the forgetting guard of fine-tuning ("learning without forgetting",
+Li & Hoiem 2016): the model being trained is held to a frozen copy of its starting point on the
+tasks the new data does not teach (or, with a small weight, on those it does).
 """
 
 from collections.abc import Mapping
@@ -18,11 +26,23 @@ import torch.nn.functional as F
 from affectfpn.models.affectfpn import AffectFPNOutput
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` holds; exactly 0 (still in the graph) where none does."""
+def _masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` holds (weighted by the per-sample ``weight`` when
+    given); exactly 0 (still in the graph) where none does."""
     mask = mask.to(device=values.device, dtype=torch.bool)
-    picked = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
-    return picked.sum() / mask.sum().clamp(min=1).to(values.dtype)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    if weight is None:
+        picked = torch.where(mask, values, zero)
+        return picked.sum() / mask.sum().clamp(min=1).to(values.dtype)
+    w = weight.to(device=values.device, dtype=values.dtype)
+    while w.dim() < values.dim():
+        w = w.unsqueeze(-1)
+    w = torch.where(mask, w.expand_as(values), zero)
+    picked = torch.where(mask, values, zero) * w
+    total = w.sum()
+    return picked.sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def _clean(target: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -55,13 +75,14 @@ def multitask_loss(
         ``(total, parts)``: the weighted sum, and ``{task: loss}`` for every task of the model.
     """
     weights = dict(weights or {})
+    sample_weight = batch.get("weight")
     parts: dict[str, torch.Tensor] = {}
     if output.va is not None:
         va = output.va.float()
         mask = batch["va_mask"].to(va.device).bool()
         target = _clean(batch["va"].to(va.device), mask, va.dtype)
         err = (va - target).pow(2).mean(dim=1)
-        parts["va"] = _masked_mean(err, mask)
+        parts["va"] = _masked_mean(err, mask, sample_weight)
     if output.expression is not None:
         logits = output.expression.float()
         mask = batch["expression_mask"].to(logits.device).bool()
@@ -72,16 +93,66 @@ def multitask_loss(
         else:
             target = _clean(batch["expression"].to(logits.device), mask, torch.long)
             ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
-        parts["expression"] = _masked_mean(ce, mask)
+        parts["expression"] = _masked_mean(ce, mask, sample_weight)
     if output.au is not None:
         logits = output.au.float()
         mask = batch["au_mask"].to(logits.device).bool()
         target = _clean(batch["au"].to(logits.device), mask, logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        parts["au"] = _masked_mean(bce, mask)
+        parts["au"] = _masked_mean(bce, mask, sample_weight)
     if not parts:
         raise ValueError("the model output has no task to train")
     terms = [weights.get(task, 1.0) * loss for task, loss in parts.items()]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total, parts
+
+
+def distill_loss(
+    output: AffectFPNOutput,
+    teacher: AffectFPNOutput,
+    *,
+    weights: Mapping[str, float],
+    temperature: float = 2.0,
+    au_index: tuple[list[int], list[int]] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """How far the model's outputs moved from a frozen teacher's on the same images.
+
+    Args:
+        output: The model's output.
+        teacher: The teacher's output on the same batch (computed without gradients).
+        weights: ``{task: weight}`` for the tasks to hold; a task with weight 0 is left out.
+        temperature: Softening of the expression distributions (the KL divergence is scaled by
+            ``temperature ** 2`` so that its gradients keep their size, as in Hinton et al.).
+        au_index: ``(student_columns, teacher_columns)`` of the action units both models have;
+            ``None``: the same units in the same order.
+
+    Returns:
+        ``(total, parts)``: the weighted sum, and ``{task: loss}`` for every task held.
+    """
+    parts: dict[str, torch.Tensor] = {}
+    if weights.get("expression", 0) and output.expression is not None:
+        if teacher.expression is None:
+            raise ValueError("the teacher has no expression head to distill from")
+        t = float(temperature)
+        student = F.log_softmax(output.expression.float() / t, dim=1)
+        target = F.softmax(teacher.expression.float() / t, dim=1)
+        parts["expression"] = F.kl_div(student, target, reduction="batchmean") * t * t
+    if weights.get("au", 0) and output.au is not None:
+        if teacher.au is None:
+            raise ValueError("the teacher has no action-unit head to distill from")
+        s_au, t_au = output.au.float(), teacher.au.float()
+        if au_index is not None:
+            s_au, t_au = s_au[:, au_index[0]], t_au[:, au_index[1]]
+        parts["au"] = F.binary_cross_entropy_with_logits(s_au, torch.sigmoid(t_au))
+    if weights.get("va", 0) and output.va is not None:
+        if teacher.va is None:
+            raise ValueError("the teacher has no valence/arousal head to distill from")
+        parts["va"] = (output.va.float() - teacher.va.float()).pow(2).mean()
+    if not parts:
+        raise ValueError(f"nothing to distill: weights {dict(weights)} name no task of the model")
+    terms = [weights[task] * loss for task, loss in parts.items()]
     total = terms[0]
     for term in terms[1:]:
         total = total + term

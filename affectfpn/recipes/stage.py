@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from affectfpn.errors import ConfigError
 
 logger = logging.getLogger("affectfpn.recipes.recipe")
 
-MODEL_EXTRA_KEYS: tuple[str, ...] = ("init", "backbone_weights")
+MODEL_EXTRA_KEYS: tuple[str, ...] = ("init", "backbone_weights", "add_tasks")
 #: Keys of ``[card]`` (see :meth:`affectfpn.AffectFPN.save_pretrained`).
 CARD_KEYS: tuple[str, ...] = (
     "name",
@@ -137,6 +138,18 @@ def _spec_list(specs: Any, source: str) -> list[Mapping[str, Any]]:
 
 def _check_spec(spec: Mapping[str, Any], source: str) -> None:
     kind = spec.get("type")
+    name = spec.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip() or ":" in name):
+        raise ConfigError(
+            f"{source}: a dataset's name must be a non-empty word without ':', got {name!r}"
+        )
+    weight = spec.get("weight")
+    if weight is not None and (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not (math.isfinite(weight) and weight >= 0)
+    ):
+        raise ConfigError(f"{source}: a dataset's weight must be a number >= 0, got {weight!r}")
     if kind not in dataset_types():
         raise ConfigError(
             f"{source}: dataset type {kind!r} is not one of {sorted(dataset_types())}"
@@ -174,7 +187,11 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
     builders = dataset_types()
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{source}: a dataset must be a table with a 'type'")
+    _check_spec(spec, source)
     spec = dict(spec)
+    # name and weight belong to the list the spec is in (see build_datasets / build_val_sets)
+    spec.pop("name", None)
+    spec.pop("weight", None)
     kind = spec.pop("type", None)
     pseudo = spec.pop("pseudo_labels", None)
     distill_weight = spec.pop("distill_weight", None)
@@ -232,7 +249,82 @@ def build_datasets(specs: Any, *, transform: Any, source: str) -> Dataset[Any] |
     from affectfpn.recipes.datasets import MixedDataset
 
     names = [f"{i}-{dict(s).get('type', 'data')}" for i, s in enumerate(specs)]
-    return MixedDataset(parts, names=names)
+    weights = None
+    if any("weight" in s for s in specs):
+        weights = [float(s.get("weight", 1.0)) for s in specs]
+    return MixedDataset(parts, names=names, weights=weights)
+
+
+def build_val_sets(
+    specs: Any, *, transform: Any, source: str
+) -> Dataset[Any] | dict[str, Dataset[Any]] | None:
+    """The validation data of a recipe: one dataset, or several scored apart.
+
+    When the specs carry ``name = "..."`` (all of them, distinct), each is its own validation
+    set: the trainer scores each and chooses the best epoch by the mean of their scores, so a
+    small set counts as much as a large one. Without names, the specs are joined as by
+    :func:`build_datasets` and scored as one.
+    """
+    spec_list = _spec_list(specs, source)
+    named = [s.get("name") for s in spec_list]
+    if not any(n is not None for n in named):
+        return build_datasets(specs, transform=transform, source=source)
+    if any(n is None for n in named) or len(set(named)) != len(named):
+        raise ConfigError(
+            f'{source}: validation sets scored apart need a distinct name each (name = "..."); '
+            f"got names {named}"
+        )
+    return {
+        str(s["name"]): build_dataset(s, transform=transform, source=f"{source} {s['name']}")
+        for s in spec_list
+    }
+
+
+def check_data(data: Mapping[str, Any], *, source: str) -> list[str]:
+    """Open every dataset of a ``[data]`` table (listing files, decoding nothing) and count its
+    labels: what ``affectfpn train --check`` reports before a run starts.
+
+    Returns:
+        One line per dataset: its split, type, sample count and label counts.
+
+    Raises:
+        ConfigError: every dataset that is missing, empty or holds no label, each named with
+            its path and the fix, in one message.
+    """
+    from affectfpn.errors import AffectFPNError
+
+    lines: list[str] = []
+    problems: list[str] = []
+    for split in DATA_KEYS:
+        specs = _spec_list(data.get(split), f"{source} [data.{split}]")
+        if split == "train" and not specs:
+            problems.append(f"{source} [data.train] lists no dataset")
+        for i, spec in enumerate(specs):
+            where = f"{source} [data.{split}] #{i + 1} ({spec.get('type')})"
+            quick = dict(spec)
+            if "cache" in quick:
+                quick["cache"] = False  # a check lists files; it does not decode them
+            try:
+                dataset = build_dataset(quick, transform=None, source=where)
+            except (AffectFPNError, OSError) as err:
+                problems.append(str(err) if str(err).startswith(source) else f"{where}: {err}")
+                continue
+            counts_fn = getattr(dataset, "counts", None)
+            counts = counts_fn() if callable(counts_fn) else {}
+            n = len(dataset)  # type: ignore[arg-type]
+            labelled = {t: int(counts.get(t, 0)) for t in ("expression", "va", "au")}
+            if n == 0 or not any(labelled.values()):
+                problems.append(
+                    f"{where}: {n} samples and no label (expected expression class folders, "
+                    "or CSV columns 'expression', 'valence'/'arousal', 'AU1'..'AU26')"
+                )
+                continue
+            name = f" {spec['name']}" if spec.get("name") else ""
+            shown = ", ".join(f"{t} {c}" for t, c in labelled.items() if c)
+            lines.append(f"{split}{name}: {spec.get('type')} with {n} samples; labels: {shown}")
+    if problems:
+        raise ConfigError("the recipe's data is not ready: " + "; ".join(problems))
+    return lines
 
 
 # ------------------------------------------------------------------------------------ running
@@ -242,7 +334,9 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
     With ``init`` (a registered model name, a folder or a Hub repo id), the other ``[model]``
     values change the pretrained configuration (for instance ``tasks``); every tensor whose name
     and shape still match is kept, the others (new heads) are initialised afresh, and heads of
-    tasks that were dropped are left out. ``backbone_weights`` (``"imagenet"`` or a file; ``""``
+    tasks that were dropped are left out. ``add_tasks = ["va"]`` keeps the pretrained model's
+    tasks and adds these (a fine-tuning set that labels only valence/arousal keeps the start's
+    expression and action-unit heads). ``backbone_weights`` (``"imagenet"`` or a file; ``""``
     or ``"none"`` for none) initialises the backbone of a fresh model and is ignored with
     ``init``.
     """
@@ -256,16 +350,31 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
     table = recipe.table("model")
     init = table.pop("init", None)
     backbone_weights = table.pop("backbone_weights", None)
+    add_tasks = table.pop("add_tasks", None)
     if isinstance(backbone_weights, str) and backbone_weights.lower() in ("", "none"):
         backbone_weights = None
     if tasks is not None:
         table["tasks"] = list(tasks)
+    if add_tasks is not None:
+        if not isinstance(add_tasks, list) or not all(isinstance(t, str) for t in add_tasks):
+            raise ConfigError(
+                f"{recipe.source} [model] add_tasks must list task names, e.g. ['va']; got "
+                f"{add_tasks!r}"
+            )
+        if "tasks" in table:
+            raise ConfigError(
+                f"{recipe.source} [model]: set tasks (the exact list) or add_tasks (added to "
+                "the starting model's), not both"
+            )
     fields = {f.name for f in dataclasses.fields(AffectFPNConfig) if not f.name.startswith("_")}
     _reject_unknown(table, sorted(fields), f"{recipe.source} [model]")
     if init is not None:
         if backbone_weights is not None:
             logger.info("[model] init is set: backbone_weights %r is not used", backbone_weights)
         model = AffectFPN.from_pretrained(str(init))
+        if add_tasks is not None:
+            have = list(model.config.tasks)
+            table["tasks"] = [*have, *(t for t in add_tasks if t not in have)]
         if table:
             # Fine-tuning may change the tasks (new heads) or other settings.
             try:
@@ -307,7 +416,7 @@ def train_from_recipe(
     output_dir: str | Path | None = None,
     tasks: Sequence[str] | None = None,
     train_set: Dataset[Any] | None = None,
-    val_set: Dataset[Any] | None = None,
+    val_set: Dataset[Any] | Mapping[str, Dataset[Any]] | None = None,
     model: Any | None = None,
     resume: bool = True,
 ) -> dict[str, Any]:
@@ -330,8 +439,17 @@ def train_from_recipe(
     from affectfpn.recipes.trainer import Trainer, TrainSettings
 
     settings = TrainSettings.from_dict(recipe.table("train"), source=f"{recipe.source} [train]")
+    teacher = None
+    init = recipe.table("model").get("init")
+    if settings.score_start is None:
+        settings = dataclasses.replace(settings, score_start=init is not None)
     if model is None:
         model = model_from_recipe(recipe, tasks=tasks)
+        if settings.distill_start and init is not None:
+            # Held to the start as it was loaded (its own heads, not the new model's fresh ones).
+            from affectfpn.models.affectfpn import AffectFPN
+
+            teacher = AffectFPN.from_pretrained(str(init))
     data = recipe.table("data")
     try:
         augment = BatchAugment(**recipe.table("augment"))
@@ -346,7 +464,7 @@ def train_from_recipe(
     if train_set is None:
         raise ConfigError(f"{recipe.source}: [data] train lists no dataset")
     if val_set is None:
-        val_set = build_datasets(
+        val_set = build_val_sets(
             data.get("val"),
             transform=eval_transform(model.config),
             source=f"{recipe.source} [data.val]",
@@ -365,6 +483,7 @@ def train_from_recipe(
         output_dir=out,
         model_card=card,
         augment=augment,
+        teacher=teacher,
     )
     if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)

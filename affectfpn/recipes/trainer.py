@@ -44,7 +44,7 @@ from affectfpn.metrics import MultiTaskMeter
 from affectfpn.models.affectfpn import AffectFPN
 from affectfpn.preprocess import normalize
 from affectfpn.recipes.augment import BatchAugment
-from affectfpn.recipes.losses import multitask_loss
+from affectfpn.recipes.losses import distill_loss, multitask_loss
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,14 @@ _TRAJECTORY_SETTINGS = (
     "grad_clip",
     "seed",
     "max_steps_per_epoch",
+    "distill_start",
+    "distill_temperature",
+    "backbone_lr_scale",
 )
 
+
+#: ``Trainer.best_epoch`` when the starting weights (epoch 0) validate best so far.
+START_EPOCH = -2
 
 #: The learning-rate schedules of :class:`TrainSettings`.
 SCHEDULES = ("cosine", "cosine_restarts", "constant", "step")
@@ -114,6 +120,21 @@ class TrainSettings:
     progress: bool = True
     max_steps_per_epoch: int | None = None
     num_threads: int | None = None
+    #: Score the starting weights on the validation data before the first epoch ("epoch 0"):
+    #: ``best/`` then holds the start until an epoch beats it, so a fine-tuning run never
+    #: returns a model that validates worse than the one it started from. ``None`` (the
+    #: default): on when a recipe starts from pretrained weights (``[model] init``), off for a
+    #: model trained from scratch and for a Trainer made by hand.
+    score_start: bool | None = None
+    #: Hold the model to a frozen copy of its starting point ("learning without forgetting"):
+    #: ``{au = 1.0}`` keeps the action units a fine-tuning set does not label,
+    #: ``{expression = 0.5}`` keeps some of what the start knew about expressions.
+    distill_start: dict[str, float] = field(default_factory=dict)
+    #: Softening of the expression distributions distilled by ``distill_start``.
+    distill_temperature: float = 2.0
+    #: The backbone's learning rate is ``lr * backbone_lr_scale`` (the pyramid and the heads
+    #: use ``lr``): below 1 for fine-tuning, 0 freezes the backbone's weights.
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -172,6 +193,21 @@ class TrainSettings:
             )
         if self.max_steps_per_epoch is not None and int(self.max_steps_per_epoch) < 1:
             raise ConfigError("train.max_steps_per_epoch must be at least 1 (or left out)")
+        if not isinstance(self.distill_start, Mapping):
+            raise ConfigError("train.distill_start must be a table such as {au = 1.0}")
+        for task, weight in self.distill_start.items():
+            if task not in TASKS:
+                raise ConfigError(
+                    f"train.distill_start: unknown task {task!r}; the tasks are {list(TASKS)}"
+                )
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise ConfigError(f"train.distill_start.{task} must be a number, got {weight!r}")
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ConfigError(f"train.distill_start.{task} must be finite and >= 0")
+        if not self.distill_temperature > 0:
+            raise ConfigError("train.distill_temperature must be positive")
+        if not (math.isfinite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0):
+            raise ConfigError("train.backbone_lr_scale must be a number >= 0")
         if self.select_metric != "score" and "/" not in self.select_metric:
             raise ConfigError(
                 f"train.select_metric {self.select_metric!r} must be 'score' or 'task/metric' "
@@ -350,12 +386,16 @@ class Trainer:
     Args:
         model: The model to train (its ``config.tasks`` decide which losses apply).
         train_set: A dataset of training-sample dicts (see :mod:`affectfpn.recipes.datasets`).
-        val_set: Optional validation dataset, scored with the ABAW2 metrics every epoch.
+        val_set: Optional validation data, scored with the ABAW2 metrics every epoch: one
+            dataset, or ``{name: dataset}`` to score several apart (the best epoch is then the
+            one with the best mean of their scores, each set counting equally).
         settings: Optimisation settings.
         output_dir: Folder for checkpoints, the best model and metric logs.
         model_card: Metadata for the card saved with the best model.
         augment: Batch augmentation applied to training batches on the device (the datasets then
             only need to deliver face crops at the model's input size).
+        teacher: The model to hold the trained one to with ``settings.distill_start`` (default:
+            a frozen copy of ``model`` as it is when the trainer is made, i.e. the start).
     """
 
     def __init__(
@@ -363,11 +403,12 @@ class Trainer:
         model: AffectFPN,
         train_set: Dataset[dict[str, Any]],
         *,
-        val_set: Dataset[dict[str, Any]] | None = None,
+        val_set: Dataset[dict[str, Any]] | Mapping[str, Dataset[dict[str, Any]]] | None = None,
         settings: TrainSettings | None = None,
         output_dir: str | Path,
         model_card: dict[str, Any] | None = None,
         augment: BatchAugment | None = None,
+        teacher: AffectFPN | None = None,
     ) -> None:
         self.settings = settings or TrainSettings()
         self.augment = augment
@@ -387,9 +428,35 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        self.teacher: AffectFPN | None = None
+        self._distill_au: tuple[list[int], list[int]] | None = None
+        self._distill_weights: dict[str, float] = {}
+        distill = {k: float(v) for k, v in s.distill_start.items() if v}
+        if distill:
+            import copy
+
+            source = teacher if teacher is not None else copy.deepcopy(model)
+            both = set(source.config.tasks) & set(model.config.tasks)
+            self._distill_weights = {k: v for k, v in distill.items() if k in both}
+            skipped = sorted(set(distill) - both)
+            if skipped:
+                logger.info(
+                    "train.distill_start: %s left out (the start %s and the trained model %s do "
+                    "not both have them)",
+                    skipped,
+                    list(source.config.tasks),
+                    list(model.config.tasks),
+                )
+            if self._distill_weights:
+                self.teacher, self._distill_au = _distill_teacher(
+                    source, model, self._distill_weights
+                )
+                self.teacher.to(self.device)
         self.model = model.to(self.device)
         self.memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        if self.teacher is not None:
+            self.teacher.to(memory_format=self.memory_format)
         self.ddp_model: nn.Module = self.model
         if self.dist.world_size > 1:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -397,7 +464,13 @@ class Trainer:
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         check_labels(train_set, model.config.tasks, split="train", required=True)
-        check_labels(val_set, model.config.tasks, split="val", required=False)
+        if isinstance(val_set, Mapping):
+            if not val_set:
+                raise ConfigError("val_set: an empty table of validation sets; pass None instead")
+            for name, part in val_set.items():
+                check_labels(part, model.config.tasks, split=f"val {name}", required=False)
+        else:
+            check_labels(val_set, model.config.tasks, split="val", required=False)
         self._au_columns = _au_columns(model.config)
         self.train_set = train_set
         self.val_set = val_set
@@ -431,16 +504,29 @@ class Trainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
+        # (decay?, backbone?) -> parameters; the backbone's groups take lr * backbone_lr_scale
+        buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": s.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+            no_decay = p.ndim <= 1 or name.endswith(".bias")
+            backbone = name.startswith("backbone.") and s.backbone_lr_scale != 1.0
+            if backbone and s.backbone_lr_scale == 0:
+                continue
+            buckets.setdefault((not no_decay, backbone), []).append(p)
+        groups: list[dict[str, Any]] = []
+        for decay in (True, False):
+            for backbone in (False, True):
+                params = buckets.get((decay, backbone))
+                if not params and (backbone or s.backbone_lr_scale != 1.0):
+                    continue
+                group: dict[str, Any] = {
+                    "params": params or [],
+                    "weight_decay": s.weight_decay if decay else 0.0,
+                }
+                if backbone:
+                    group["lr"] = s.lr * s.backbone_lr_scale
+                groups.append(group)
         if s.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
         if s.optimizer == "adamw":
@@ -611,14 +697,15 @@ class Trainer:
         if resume and self.load_checkpoint():
             self._write_logs()  # drop rows of an epoch that was interrupted after logging
         end = s.epochs if stop_after_epoch is None else min(s.epochs, int(stop_after_epoch))
+        if s.score_start and self.val_set is not None and self.epoch == 0 and not self.history:
+            self._score_start()
         while self.epoch < end:
             record = self.train_one_epoch(self.epoch)
             if self.val_set is not None and (
                 (self.epoch + 1) % s.eval_every == 0 or self.epoch + 1 == s.epochs
             ):
-                metrics = self.evaluate(self.val_set)
+                metrics, score = self.validate()
                 record["val"] = metrics
-                score = select_score(metrics, s.select_metric)
                 record["val_score"] = score
                 if score > self.best_score:
                     self.best_score, self.best_epoch = score, self.epoch
@@ -634,6 +721,14 @@ class Trainer:
         self._sync_buffers()
         finished = self.epoch >= s.epochs
         if finished:
+            if self.best_epoch == START_EPOCH and self.dist.is_main:
+                logger.warning(
+                    "no epoch beat the starting weights on the validation data (%s %.4f): "
+                    "%s holds the start, unchanged",
+                    s.select_metric,
+                    self.best_score,
+                    self.output_dir / "best",
+                )
             self._write_done()
         if self.dist.world_size > 1:
             dist.barrier()
@@ -644,6 +739,32 @@ class Trainer:
             "output_dir": str(self.output_dir),
             "finished": finished,
         }
+
+    def _score_start(self) -> None:
+        """Epoch 0: the starting weights, scored as every epoch will be and kept as ``best/``."""
+        metrics, score = self.validate()
+        record: dict[str, Any] = {"epoch": 0, "start": True, "val": metrics, "val_score": score}
+        self.history.append(record)
+        self.best_score, self.best_epoch = score, START_EPOCH
+        self._save_best(metrics)
+        self._write_logs()
+        self._log_epoch(record)
+
+    def validate(self) -> tuple[dict[str, Any], float]:
+        """The validation metrics and the score that chooses the best epoch.
+
+        With one validation set: ``({task: metrics}, score)``. With several (``{name:
+        dataset}``): ``({name: {task: metrics}}, mean of their scores)``.
+        """
+        if self.val_set is None:
+            raise ConfigError("no validation data: pass val_set to the Trainer")
+        name = self.settings.select_metric
+        if isinstance(self.val_set, Mapping):
+            metrics = {key: self.evaluate(part) for key, part in self.val_set.items()}
+            scores = [select_score(m, name) for m in metrics.values()]
+            return metrics, float(sum(scores) / len(scores))
+        single = self.evaluate(self.val_set)
+        return single, select_score(single, name)
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over this epoch's fraction of the training set."""
@@ -674,6 +795,18 @@ class Trainer:
             loss, parts = multitask_loss(
                 output, batch, weights=s.task_weights, label_smoothing=s.label_smoothing
             )
+            if self.teacher is not None:
+                with torch.no_grad(), self._autocast():
+                    held = self.teacher(batch["image"])
+                extra, held_parts = distill_loss(
+                    output,
+                    held,
+                    weights=self._distill_weights,
+                    temperature=s.distill_temperature,
+                    au_index=self._distill_au,
+                )
+                loss = loss + extra
+                parts = {**parts, **{f"hold_{k}": v for k, v in held_parts.items()}}
             if not torch.isfinite(loss.detach()):
                 values = {k: float(v.detach()) for k, v in parts.items()}
                 raise AffectFPNError(
@@ -761,12 +894,7 @@ class Trainer:
             return
         card = dict(self.model_card)
         if metrics:
-            flat = {
-                f"{task}/{k}": v
-                for task, values in metrics.items()
-                for k, v in values.items()
-                if isinstance(v, int | float)
-            }
+            flat = {k: v for k, v in _flatten(metrics).items() if isinstance(v, int | float)}
             card.setdefault("metrics", {})
             card["metrics"] = {**card["metrics"], "validation": flat}
         self.model.save_pretrained(self.output_dir / "best", model_card=card)
@@ -800,7 +928,10 @@ class Trainer:
         logger.info("%s", format_epoch(record, self.settings.epochs, self.settings.select_metric))
 
     def _best_epoch_number(self) -> int | None:
-        """The selected epoch, counted from 1 as in the logs; ``None`` when none was."""
+        """The selected epoch, counted from 1 as in the logs (0: the starting weights);
+        ``None`` when none was."""
+        if self.best_epoch == START_EPOCH:
+            return 0
         return self.best_epoch + 1 if self.best_epoch >= 0 else None
 
     def _write_done(self) -> None:
@@ -896,6 +1027,27 @@ def select_score(metrics: Mapping[str, Mapping[str, Any]], name: str) -> float:
         raise ConfigError(
             f"train.select_metric {name!r} is not among the validation metrics"
         ) from None
+
+
+def _distill_teacher(
+    source: AffectFPN, model: AffectFPN, weights: Mapping[str, float]
+) -> tuple[AffectFPN, tuple[list[int], list[int]] | None]:
+    """A frozen, eval-mode teacher for ``distill_start``, and the AU columns the two share."""
+    au_index: tuple[list[int], list[int]] | None = None
+    if "au" in weights:
+        ours, theirs = list(model.config.action_units), list(source.config.action_units)
+        shared = [u for u in ours if u in theirs]
+        if not shared:
+            raise ConfigError(
+                f"train.distill_start.au: the starting model's action units {theirs} share none "
+                f"with the trained model's {ours}"
+            )
+        if shared != ours or shared != theirs:
+            au_index = ([ours.index(u) for u in shared], [theirs.index(u) for u in shared])
+    teacher = source.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, au_index
 
 
 def _au_columns(config: Any) -> list[int] | None:
@@ -1030,17 +1182,26 @@ def format_epoch(record: Mapping[str, Any], epochs: int, select_metric: str) -> 
         return str(value)
 
     parts = [f"epoch {record['epoch']}/{epochs}"]
+    if record.get("start"):
+        parts.append("(the starting weights)")
     for key in sorted(k for k in record if k.startswith("train_") and k != "train_samples"):
         if key != "train_seconds":
             parts.append(f"{key.removeprefix('train_')} {num(record[key])}")
     parts.append(f"lr {num(record.get('lr'))}")
     val = record.get("val")
     if isinstance(val, Mapping):
-        for task, values in val.items():
-            if isinstance(values, Mapping):
-                main = {k: v for k, v in values.items() if isinstance(v, int | float)}
-                shown = [k for k in ("score", "accuracy", "f1", "ccc") if k in main]
-                parts += [f"val {task}/{k} {num(main[k])}" for k in shown]
+        nested = all(
+            isinstance(v, Mapping) and all(isinstance(x, Mapping) for x in v.values())
+            for v in val.values()
+        )
+        sets = val.items() if nested else [("", val)]
+        for set_name, tasks in sets:
+            label = f"val {set_name} " if set_name else "val "
+            for task, values in tasks.items():
+                if isinstance(values, Mapping):
+                    main = {k: v for k, v in values.items() if isinstance(v, int | float)}
+                    shown = [k for k in ("score", "accuracy", "f1", "ccc") if k in main]
+                    parts += [f"{label}{task}/{k} {num(main[k])}" for k in shown]
     if "val_score" in record:
         parts.append(f"[{select_metric} {num(record['val_score'])}]")
     seconds = record.get("train_seconds")
