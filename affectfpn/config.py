@@ -82,6 +82,10 @@ class AffectFPNConfig:
             up, so that the face sits higher in the crop). Together with ``align_margin`` it
             frames a detected face as the faces of the model's training data were framed; the
             FER2013 models use the values that scored best on FER2013's own faces (PublicTest).
+        expression_temperature: Expression probabilities are ``softmax(logits / T)``: a
+            temperature fitted on validation data (``affectfpn calibrate``) makes a model's
+            confidence match how often it is right; it never changes which expression wins.
+            The model's own outputs (and exported ONNX graphs) stay raw logits.
     """
 
     backbone: str = "resnet18"
@@ -100,6 +104,7 @@ class AffectFPNConfig:
     test_time_flip: bool = False
     align_margin: float = DEFAULT_ALIGN_MARGIN
     align_shift: float = 0.0
+    expression_temperature: float = 1.0
     model_type: ClassVar[str] = "affectfpn"
     _extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -122,7 +127,11 @@ class AffectFPNConfig:
         for name in ("extra_level", "frozen_bn", "test_time_flip"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false")
-        for name, low, high in (("align_margin", -0.5, 2.0), ("align_shift", -0.5, 0.5)):
+        for name, low, high in (
+            ("align_margin", -0.5, 2.0),
+            ("align_shift", -0.5, 0.5),
+            ("expression_temperature", 0.05, 20.0),
+        ):
             value = getattr(self, name)
             if (
                 isinstance(value, bool)

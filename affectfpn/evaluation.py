@@ -244,7 +244,10 @@ class EvaluationReport:
                     f"{n} labelled"
                 )
             elif task == "expression":
-                detail = f"macro F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}; {n} labelled"
+                ece = f", ECE {m['ece']:.4f}" if "ece" in m else ""
+                detail = (
+                    f"macro F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}{ece}; {n} labelled"
+                )
             else:
                 detail = f"mean F1 {m['mean_f1']:.4f}, accuracy {m['accuracy']:.4f}; {n} labelled"
             lines.append(f"  {_TASK_TITLES[task]}: score {m['score']:.4f} ({detail})")
@@ -579,6 +582,7 @@ def evaluate(
     exclude: ExcludeSpec | None = None,
     model_name: str | None = None,
     model_revision: str | None = None,
+    reliability: str | os.PathLike[str] | None = None,
 ) -> EvaluationReport:
     """Score ``model`` on a labelled dataset with the ABAW2 metrics.
 
@@ -607,6 +611,10 @@ def evaluate(
             For a dataset object they are matched against its sample keys.
         model_name: the model's registry name, Hub repo id or folder, for the report.
         model_revision: the weights' revision, for the report.
+        reliability: write a reliability diagram of the expression probabilities here (PNG;
+            needs matplotlib). The expected calibration error (15 equal-width bins of
+            top-class confidence, at the model's ``expression_temperature``) is in the
+            expression metrics as ``ece`` either way.
 
     Returns:
         The :class:`EvaluationReport`. Its JSON layout (``to_dict()``)::
@@ -653,6 +661,9 @@ def evaluate(
     )
     labelled = dict.fromkeys(TASKS, 0)
     seen = 0
+    # expression logits and labels of the labelled samples, for the calibration error
+    expr_logits: list[torch.Tensor] = []
+    expr_labels: list[torch.Tensor] = []
     start = time.perf_counter()
     outputs = model_outputs(
         model,
@@ -670,6 +681,11 @@ def evaluate(
         if meter is not None:
             pred, target = _meter_inputs(out, batch, meter.tasks, align)
             meter.update(pred, target)
+            if "expression" in pred:
+                mask = torch.as_tensor(target["expression_mask"]).bool().cpu()
+                if mask.any():
+                    expr_logits.append(pred["expression"].cpu()[mask])
+                    expr_labels.append(torch.as_tensor(target["expression"]).cpu()[mask].long())
     end = time.perf_counter()  # the meter read the last outputs back: the device is done
     seconds = end - start
 
@@ -688,6 +704,18 @@ def evaluate(
             not_scored[task] = "no valid label in the dataset"
             continue
         metrics[task] = _task_metrics(task, computed[task], meter, align, float(au_threshold))
+    if "expression" in metrics and expr_logits:
+        from affectfpn.calibration import plot_reliability
+        from affectfpn.calibration import reliability as reliability_bins
+
+        temperature = float(config.expression_temperature)
+        probs = (torch.cat(expr_logits) / temperature).softmax(1)
+        diagram = reliability_bins(probs, torch.cat(expr_labels))
+        metrics["expression"]["ece"] = diagram.ece
+        metrics["expression"]["temperature"] = temperature
+        if reliability is not None:
+            where = Path(str(dataset)).name if isinstance(dataset, str | os.PathLike) else "data"
+            plot_reliability(diagram, reliability, title=f"{model_name or 'model'} on {where}")
     if not metrics:
         logger.warning(
             "nothing scored: the model predicts %s but the dataset labels %s",

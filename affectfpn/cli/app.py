@@ -11,7 +11,17 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from affectfpn._version import __version__
-from affectfpn.cli import download, evaluate, export, models, predict, publish, train, video
+from affectfpn.cli import (
+    calibrate,
+    download,
+    evaluate,
+    export,
+    models,
+    predict,
+    publish,
+    train,
+    video,
+)
 from affectfpn.cli._common import (
     EXIT_ERROR,
     EXIT_INTERNAL,
@@ -78,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_parser(command)
     video.add_parser(command)
     evaluate.add_parser(command)
+    calibrate.add_parser(command)
     train.add_parser(command)
     export.add_parser(command)
     publish.add_parser(command)

@@ -24,12 +24,14 @@ def add_parser(command: Command) -> None:
         "score a model on a labelled dataset (ABAW2 metrics)",
         "Score a model on labelled data: a folder of expression class folders (FER2013 test), "
         "an Aff-Wild2 root (its validation split) or a label CSV. Prints accuracy, macro F1 and "
-        "S_EXPR for expressions, CCC and S_VA for valence/arousal, F1 and S_AU for action "
-        "units, for every task that both the model and the labels have.",
+        "S_EXPR and the expected calibration error (ECE) for expressions, CCC and S_VA for "
+        "valence/arousal, F1 and S_AU for action units, for every task that both the model and "
+        "the labels have.",
         [
             "affectfpn evaluate data/fer2013/test --exclude data/fer2013/overlap_with_train.txt",
             "affectfpn evaluate /data/Aff-Wild2 --model user/affect-model --output report.json",
             "affectfpn evaluate labels.csv --batch-size 128 --device cuda",
+            "affectfpn evaluate data/lfw-expressions/test --reliability reliability.png",
         ],
         "model",
     )
@@ -55,6 +57,11 @@ def add_parser(command: Command) -> None:
         metavar="P",
         help="an AU counts as present from this probability (default: 0.5)",
     )
+    p.add_argument(
+        "--reliability",
+        metavar="PNG",
+        help="write a reliability diagram of the expression probabilities (needs matplotlib)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -73,7 +80,8 @@ def _evaluation_summary(report: Any) -> str:
         if task == "expression":
             lines.append(
                 f"expression: S_EXPR {m['score']:.4f}  accuracy {m['accuracy']:.4f}  "
-                f"macro F1 {m['macro_f1']:.4f}  ({n} labelled)"
+                f"macro F1 {m['macro_f1']:.4f}  ECE {m.get('ece', float('nan')):.4f}  "
+                f"({n} labelled)"
             )
         elif task == "va":
             lines.append(
@@ -116,8 +124,14 @@ def run(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         model_name=model.name_or_path,
         model_revision=model.revision,
+        reliability=args.reliability,
     )
     sys.stdout.write(_evaluation_summary(report))
     if args.output:
         _note(args, f"report written to {args.output}")
+    if args.reliability:
+        if "expression" in report.metrics:
+            _note(args, f"reliability diagram written to {args.reliability}")
+        else:
+            _note(args, "no reliability diagram: no expression was scored")
     return EXIT_OK

@@ -420,6 +420,8 @@ class Predictor:
         self.model = model
         self.config: AffectFPNConfig = config
         #: The model's label names, carried by every result (the columns of its tables).
+        #: softmax temperature of the expression logits (the model's calibration)
+        self._temperature = float(config.expression_temperature)
         self.labels = LabelNames(tuple(config.expressions), tuple(config.action_units))
         self._expression_names = self.labels.expressions
         self._au_names = self.labels.action_units
@@ -709,7 +711,11 @@ class Predictor:
                     model.train()
             # Python floats per face, as the results hold them (one conversion per batch).
             va = None if out.va is None else out.va.float().clamp(-1.0, 1.0).cpu().tolist()
-            expr = None if out.expression is None else out.expression.float().softmax(1)
+            expr = (
+                None
+                if out.expression is None
+                else (out.expression.float() / self._temperature).softmax(1)
+            )
             aus = None if out.au is None else out.au.float().sigmoid().clamp(0.0, 1.0)
             expr_rows = None if expr is None else expr.cpu().tolist()
             au_rows = None if aus is None else aus.cpu().tolist()
