@@ -36,7 +36,8 @@ def test_reliability_bins_by_hand() -> None:
     labels = np.array([0, 1, 0, 1])
     r = reliability(probs, labels, bins=10)
     assert r.counts.tolist() == [0, 0, 0, 0, 0, 1, 0, 1, 0, 2]
-    assert r.accuracy[9] == pytest.approx(0.5) and r.confidence[9] == pytest.approx(0.95)
+    assert r.accuracy[9] == pytest.approx(0.5)
+    assert r.confidence[9] == pytest.approx(0.95)
     # |0.5-0.95|*2/4 + |1-0.55|/4 + |1-0.75|/4
     assert r.ece == pytest.approx(0.45 * 0.5 + 0.45 * 0.25 + 0.25 * 0.25)
     assert reliability(np.array([[1.0, 0.0]]), np.array([0]), bins=15).counts[-1] == 1
@@ -93,7 +94,8 @@ def test_predict_applies_the_config_temperature(tmp_path: Path) -> None:
     hot = _tiny(2.0)
     p1 = plain.predict(image, faces="crop").faces[0].expression
     p2 = hot.predict(image, faces="crop").faces[0].expression
-    assert p1 is not None and p2 is not None
+    assert p1 is not None
+    assert p2 is not None
     assert p1.label == p2.label
     names = list(p1.probabilities)
     logits = torch.log(torch.tensor([p1.probabilities[k] for k in names], dtype=torch.float64))
@@ -111,11 +113,10 @@ def test_predict_applies_the_config_temperature(tmp_path: Path) -> None:
 
 def test_evaluate_reports_ece_and_writes_a_reliability_diagram(tmp_path: Path) -> None:
     write_image_folder(tmp_path / "data", {"happy": 6, "sad": 6}, image_size=32)
-    report = evaluate(
-        _tiny(), tmp_path / "data", progress=False, reliability=tmp_path / "r.png"
-    )
+    report = evaluate(_tiny(), tmp_path / "data", progress=False, reliability=tmp_path / "r.png")
     expr = report.metrics["expression"]
-    assert 0 <= expr["ece"] <= 1 and expr["temperature"] == 1.0
+    assert 0 <= expr["ece"] <= 1
+    assert expr["temperature"] == 1.0
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     hot = evaluate(_tiny(8.0), tmp_path / "data", progress=False)
     assert hot.metrics["expression"]["accuracy"] == expr["accuracy"]

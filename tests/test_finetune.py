@@ -84,7 +84,8 @@ def test_a_start_that_no_epoch_beats_is_kept(tmp_path: Path) -> None:
     )
     summary = trainer.fit()
     history = summary["history"]
-    assert history[0]["epoch"] == 0 and history[0]["start"] is True
+    assert history[0]["epoch"] == 0
+    assert history[0]["start"] is True
     start_score = history[0]["val_score"]
     assert start_score > 0.9  # the start knows the task ...
     assert all(r["val_score"] < start_score for r in history[1:]), history
@@ -146,15 +147,15 @@ def test_a_recipe_with_init_scores_its_start_and_one_without_does_not(tmp_path: 
     fresh.write_text(
         f"""
 name = "fresh"
-output_dir = "{tmp_path / 'b'}"
+output_dir = "{tmp_path / "b"}"
 [model]
 backbone = "resnet18"
 fpn_width = 8
 input_size = [{SIZE}, {SIZE}]
 tasks = ["expression"]
 [data]
-train = [{{ type = "imagefolder", root = "{folder / 'train'}" }}]
-val = [{{ type = "imagefolder", root = "{folder / 'val'}" }}]
+train = [{{ type = "imagefolder", root = "{folder / "train"}" }}]
+val = [{{ type = "imagefolder", root = "{folder / "val"}" }}]
 [train]
 epochs = 1
 batch_size = 4
@@ -197,7 +198,10 @@ def test_distill_loss_is_zero_at_the_start_and_grows_with_the_distance() -> None
     student = torch.tensor([[1.0, 5.0, -2.0]])
     teacher = torch.tensor([[-2.0, 1.0]])
     loss, _ = distill_loss(
-        _output(None, student), _output(None, teacher), weights={"au": 1.0}, au_index=([0, 2], [1, 0])
+        _output(None, student),
+        _output(None, teacher),
+        weights={"au": 1.0},
+        au_index=([0, 2], [1, 0]),
     )
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         torch.tensor([[1.0, -2.0]]), torch.tensor([[1.0, -2.0]]).sigmoid()
@@ -284,7 +288,8 @@ def test_backbone_lr_scale_zero_freezes_the_backbone_only(tmp_path: Path) -> Non
     now = model.state_dict()
     moved = {k for k in start if not torch.equal(start[k], now[k]) and "running" not in k}
     moved = {k for k in moved if not k.endswith("num_batches_tracked")}
-    assert moved and all(not k.startswith("backbone.") for k in moved), sorted(moved)[:5]
+    assert moved
+    assert all(not k.startswith("backbone.") for k in moved), sorted(moved)[:5]
 
 
 # ------------------------------------------------------------------------ weights and val sets
@@ -334,7 +339,8 @@ def test_check_names_every_missing_or_unlabelled_dataset(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as err:
         check_data(data, source="r.toml")
     message = str(err.value)
-    assert "nowhere" in message and "empty" in message
+    assert "nowhere" in message
+    assert "empty" in message
     lines = check_data({"train": {"type": "imagefolder", "root": str(good)}}, source="r.toml")
     assert lines == ["train: imagefolder with 3 samples; labels: expression 3"]
 
@@ -390,5 +396,8 @@ def test_a_valence_arousal_head_fine_tunes_from_a_csv_on_the_default(tmp_path: P
     assert last.config.action_units == default.config.action_units
     result = last.predict(tmp_path / "faces" / "img00.png", faces="crop")
     face = result.faces[0]
-    assert face.va is not None and -1 <= face.va.valence <= 1 and -1 <= face.va.arousal <= 1
-    assert face.expression is not None and face.aus is not None
+    assert face.va is not None
+    assert -1 <= face.va.valence <= 1
+    assert -1 <= face.va.arousal <= 1
+    assert face.expression is not None
+    assert face.aus is not None

@@ -33,5 +33,6 @@ def test_readme_command_1_reads_a_photo_inside_the_repository() -> None:
     photo = install.split("affectfpn predict", 1)[1].split()[0]
     assert not photo.startswith(".."), photo
     path = ROOT / photo
-    assert path.is_file() and path.stat().st_size > 10_000
+    assert path.is_file()
+    assert path.stat().st_size > 10_000
     assert "MIT" in (path.parent / "LICENSE.md").read_text(encoding="utf-8")
