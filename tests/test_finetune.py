@@ -401,3 +401,19 @@ def test_a_valence_arousal_head_fine_tunes_from_a_csv_on_the_default(tmp_path: P
     assert -1 <= face.va.arousal <= 1
     assert face.expression is not None
     assert face.aus is not None
+
+
+def test_every_training_setting_says_what_it_changes() -> None:
+    """Each TrainSettings field is marked trajectory, selection or run on the field itself; the
+    resume warning and the teacher-student fingerprint read those marks."""
+    import dataclasses
+
+    from affectfpn.recipes.trainer import SETTING_KINDS, TrainSettings, settings_of_kind
+
+    for f in dataclasses.fields(TrainSettings):
+        assert f.metadata.get("kind") in SETTING_KINDS, f.name
+    assert {"lr", "seed", "distill_start", "backbone_lr_scale"} <= set(
+        settings_of_kind("trajectory")
+    )
+    assert {"select_metric", "eval_every", "score_start"} <= set(settings_of_kind("selection"))
+    assert {"deterministic", "device", "num_workers", "epochs"} <= set(settings_of_kind("run"))

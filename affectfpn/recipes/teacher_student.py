@@ -97,6 +97,7 @@ from affectfpn.recipes.trainer import (
     TrainSettings,
     remove_stale_temporaries,
     resolve_workers,
+    settings_of_kind,
     training_finished,
 )
 
@@ -110,18 +111,6 @@ _STAGE_KEYS: tuple[str, ...] = (*_SHARED_TABLES, "data")
 _INPUTS_NAME = "inputs.json"
 #: How long the other ranks of a distributed run wait while rank 0 labels or evaluates alone.
 _DIST_TIMEOUT = datetime.timedelta(hours=12)
-#: Settings that change how a run executes, not what it learns: left out of a stage's
-#: fingerprint (and ``epochs``: more epochs resume a finished run instead of starting over).
-_RUN_ONLY_SETTINGS: tuple[str, ...] = (
-    "epochs",
-    "num_workers",
-    "pin_memory",
-    "device",
-    "progress",
-    "num_threads",
-    "amp",
-    "channels_last",
-)
 
 
 # --------------------------------------------------------------------------------- settings
@@ -629,7 +618,7 @@ class TeacherStudent:
 
         model = recipe.table("model")
         train = dataclasses.asdict(self._settings(recipe))
-        for key in _RUN_ONLY_SETTINGS:
+        for key in settings_of_kind("run"):
             train.pop(key, None)
         value = {
             "model": {

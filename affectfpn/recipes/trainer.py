@@ -53,27 +53,6 @@ CHECKPOINT_FORMAT = 1
 #: Marker written by :meth:`Trainer.fit` once every epoch of a run is done.
 DONE_NAME = "done.json"
 #: Settings whose change between a checkpoint and a resumed run alters the training trajectory.
-_TRAJECTORY_SETTINGS = (
-    "batch_size",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "momentum",
-    "nesterov",
-    "schedule",
-    "warmup_epochs",
-    "min_lr_ratio",
-    "cycles",
-    "epoch_fraction",
-    "task_weights",
-    "label_smoothing",
-    "grad_clip",
-    "seed",
-    "max_steps_per_epoch",
-    "distill_start",
-    "distill_temperature",
-    "backbone_lr_scale",
-)
 
 
 #: ``Trainer.best_epoch`` when the starting weights (epoch 0) validate best so far.
@@ -81,6 +60,29 @@ START_EPOCH = -2
 
 #: The learning-rate schedules of :class:`TrainSettings`.
 SCHEDULES = ("cosine", "cosine_restarts", "constant", "step")
+
+
+#: What a training setting changes: the weights reached, the epoch kept, or only how it runs.
+SETTING_KINDS = ("trajectory", "selection", "run")
+
+
+def _trajectory(default: Any) -> Any:
+    return field(default=default, metadata={"kind": "trajectory"})
+
+
+def _selection(default: Any) -> Any:
+    return field(default=default, metadata={"kind": "selection"})
+
+
+def _run(default: Any) -> Any:
+    return field(default=default, metadata={"kind": "run"})
+
+
+def settings_of_kind(kind: str) -> tuple[str, ...]:
+    """The names of the :class:`TrainSettings` fields of one of :data:`SETTING_KINDS`."""
+    if kind not in SETTING_KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {SETTING_KINDS}")
+    return tuple(f.name for f in dataclasses.fields(TrainSettings) if f.metadata["kind"] == kind)
 
 
 @dataclass
@@ -91,50 +93,55 @@ class TrainSettings:
     epochs), with a cosine schedule.
     """
 
-    epochs: int = 20
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = True
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    min_lr_ratio: float = 0.0
-    cycles: list[int] | None = None
-    epoch_fraction: float = 1.0
+    # Each field says what it changes (SETTING_KINDS): "trajectory" settings change the weights
+    # a run reaches, "selection" ones which epoch is kept, "run" ones only how it runs. Resuming
+    # warns about changed trajectory settings; the teacher-student pipeline retrains a stage
+    # whose trajectory or selection settings changed, never for a run setting.
+    epochs: int = _run(20)  # (the schedule spans the epochs: resuming checks them apart)
+    batch_size: int = _trajectory(128)
+    optimizer: str = _trajectory("adam")
+    lr: float = _trajectory(1e-3)
+    weight_decay: float = _trajectory(0.0)
+    momentum: float = _trajectory(0.9)
+    nesterov: bool = _trajectory(True)
+    schedule: str = _trajectory("cosine")
+    warmup_epochs: float = _trajectory(0.0)
+    min_lr_ratio: float = _trajectory(0.0)
+    cycles: list[int] | None = field(default=None, metadata={"kind": "trajectory"})
+    epoch_fraction: float = _trajectory(1.0)
     task_weights: dict[str, float] = field(
-        default_factory=lambda: {"va": 1.0, "expression": 1.0, "au": 1.0}
+        default_factory=lambda: {"va": 1.0, "expression": 1.0, "au": 1.0},
+        metadata={"kind": "trajectory"},
     )
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    amp: str = "auto"
-    channels_last: bool = True
-    num_workers: int | str = "auto"
-    pin_memory: bool | None = None
-    seed: int = 0
-    deterministic: bool = False
-    select_metric: str = "score"
-    eval_every: int = 1
-    device: str = "auto"
-    progress: bool = True
-    max_steps_per_epoch: int | None = None
-    num_threads: int | None = None
+    label_smoothing: float = _trajectory(0.0)
+    grad_clip: float | None = _trajectory(None)
+    amp: str = _run("auto")
+    channels_last: bool = _run(True)
+    num_workers: int | str = _run("auto")
+    pin_memory: bool | None = _run(None)
+    seed: int = _trajectory(0)
+    deterministic: bool = _run(False)
+    select_metric: str = _selection("score")
+    eval_every: int = _selection(1)
+    device: str = _run("auto")
+    progress: bool = _run(True)
+    max_steps_per_epoch: int | None = _trajectory(None)
+    num_threads: int | None = _run(None)
     #: Score the starting weights on the validation data before the first epoch ("epoch 0"):
     #: ``best/`` then holds the start until an epoch beats it, so a fine-tuning run never
     #: returns a model that validates worse than the one it started from. ``None`` (the
     #: default): on when a recipe starts from pretrained weights (``[model] init``), off for a
     #: model trained from scratch and for a Trainer made by hand.
-    score_start: bool | None = None
+    score_start: bool | None = _selection(None)
     #: Hold the model to a frozen copy of its starting point ("learning without forgetting"):
     #: ``{au = 1.0}`` keeps the action units a fine-tuning set does not label,
     #: ``{expression = 0.5}`` keeps some of what the start knew about expressions.
-    distill_start: dict[str, float] = field(default_factory=dict)
+    distill_start: dict[str, float] = field(default_factory=dict, metadata={"kind": "trajectory"})
     #: Softening of the expression distributions distilled by ``distill_start``.
-    distill_temperature: float = 2.0
+    distill_temperature: float = _trajectory(2.0)
     #: The backbone's learning rate is ``lr * backbone_lr_scale`` (the pyramid and the heads
     #: use ``lr``): below 1 for fine-tuning, 0 freezes the backbone's weights.
-    backbone_lr_scale: float = 1.0
+    backbone_lr_scale: float = _trajectory(1.0)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -624,7 +631,9 @@ class Trainer:
             )
         saved_settings = json.loads(state.get("settings", "{}"))
         now = dataclasses.asdict(self.settings)
-        changed = [k for k in _TRAJECTORY_SETTINGS if saved_settings.get(k, now[k]) != now[k]]
+        changed = [
+            k for k in settings_of_kind("trajectory") if saved_settings.get(k, now[k]) != now[k]
+        ]
         if saved_settings.get("epochs", now["epochs"]) != now["epochs"] and (
             now["schedule"] != "constant"
         ):
