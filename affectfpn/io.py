@@ -68,9 +68,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File extensions (lower case) that directories and glob patterns are filtered by.
+#: File extensions (lower case) read as images wherever a folder is listed: prediction on a
+#: folder or glob, the training and evaluation datasets (affectfpn.data) and the blendshape
+#: teacher's script, which keeps a copy that a test holds equal. One list, so that
+#: ``affectfpn predict DIR`` and ``affectfpn evaluate DIR`` read the same files.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"}
 )
 
 #: File extensions (lower case) of common video files: an explicit input with one of them is

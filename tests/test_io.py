@@ -749,3 +749,29 @@ def test_alpha_is_dropped_keeping_colour_and_whitening_invisible_pixels() -> Non
         got = load_image(source).rgb
         assert got.flags.c_contiguous
         assert np.array_equal(got, expected)
+
+
+def test_predict_and_the_datasets_read_the_same_files_of_a_folder(tmp_path: Path) -> None:
+    """One IMAGE_EXTENSIONS: a folder listed for prediction and the same folder read as an
+    expression dataset (affectfpn evaluate / train) hold the same images, .gif and .pgm too."""
+    import numpy as np
+    from PIL import Image
+
+    from affectfpn.data import IMAGE_EXTENSIONS as DATA_EXTENSIONS
+    from affectfpn.data import ImageFolderExpressions
+    from affectfpn.io import IMAGE_EXTENSIONS, list_images
+
+    assert set(DATA_EXTENSIONS) == IMAGE_EXTENSIONS
+    rng = np.random.default_rng(0)
+    (tmp_path / "happy").mkdir()
+    for ext in ("gif", "pgm", "ppm", "jpg", "webp"):
+        pixels = (rng.random((24, 24)) * 255).astype("uint8")
+        Image.fromarray(pixels).save(tmp_path / "happy" / f"a.{ext}")
+    (tmp_path / "happy" / "a.txt").write_text("not an image")
+    listed = {Path(p).name for p in list_images(tmp_path / "happy")}
+    dataset = ImageFolderExpressions(tmp_path, image_size=(24, 24))
+    assert (
+        {Path(k).name for k in dataset.keys}
+        == listed
+        == {"a.gif", "a.pgm", "a.ppm", "a.jpg", "a.webp"}
+    )

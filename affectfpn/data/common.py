@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from affectfpn.errors import ConfigError, DatasetError
 from affectfpn.io import DECODE_ERRORS, open_formats
+from affectfpn.io import IMAGE_EXTENSIONS as _IO_IMAGE_EXTENSIONS
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 
 logger = logging.getLogger("affectfpn.recipes.datasets")
@@ -53,18 +54,9 @@ EXPRESSION_SYNONYMS: dict[str, int] = {
     "surprised": EXPRESSIONS.index("Surprise"),
 }
 
-#: File name endings read as images by the folder datasets (compared in lower case).
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".pgm",
-    ".ppm",
-)
+#: File name endings read as images by the folder datasets (compared in lower case): the one
+#: list of :data:`affectfpn.io.IMAGE_EXTENSIONS`, in a fixed order.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(sorted(_IO_IMAGE_EXTENSIONS))
 
 
 def expression_from_name(name: str) -> int | None:

@@ -114,15 +114,16 @@ CSV_COLUMNS: tuple[str, ...] = ("key", "face_found", "error", *BLENDSHAPE_NAMES)
 #: File name endings read as images with ``--root``: those of affectfpn's image datasets, written
 #: out again because this script runs without affectfpn (a test holds the two lists equal).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
     ".bmp",
-    ".webp",
+    ".gif",
+    ".jpeg",
+    ".jpg",
+    ".pgm",
+    ".png",
+    ".ppm",
     ".tif",
     ".tiff",
-    ".pgm",
-    ".ppm",
+    ".webp",
 )
 
 DEFAULT_SIZE = 256

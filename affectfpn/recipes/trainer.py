@@ -470,7 +470,13 @@ class Trainer:
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
-        check_labels(train_set, model.config.tasks, split="train", required=True)
+        check_labels(
+            train_set,
+            model.config.tasks,
+            split="train",
+            required=True,
+            held=tuple(self._distill_weights),
+        )
         if isinstance(val_set, Mapping):
             if not val_set:
                 raise ConfigError("val_set: an empty table of validation sets; pass None instead")
@@ -1135,7 +1141,12 @@ def _count_labels(batch: Mapping[str, Any], tasks: Sequence[str]) -> int:
 
 
 def check_labels(
-    dataset: Dataset[Any] | None, tasks: Sequence[str], *, split: str, required: bool
+    dataset: Dataset[Any] | None,
+    tasks: Sequence[str],
+    *,
+    split: str,
+    required: bool,
+    held: Sequence[str] = (),
 ) -> None:
     """Refuse a split without labels for any of ``tasks``; warn about a task without labels.
 
@@ -1171,6 +1182,14 @@ def check_labels(
         )
     for task, n in present.items():
         if n == 0:
+            if split == "train" and task in held:
+                logger.info(
+                    "the train split (%s) has no %s label: that head is held to the start's "
+                    "outputs (train.distill_start)",
+                    name,
+                    task,
+                )
+                continue
             logger.warning(
                 "the %s split (%s) has no %s label: %s",
                 split,
