@@ -13,13 +13,22 @@ CI) and should be run whenever a model is published:
   move only a little;
 - the labelled sample photos (``../shared/data/samples``): the expressions a person would agree
   with, as far as each model gets them right today (see ``KNOWN_MISSES``);
-- ONNX export parity, in particular with ``test_time_flip=True`` (the default model's setting).
+- ONNX export parity, in particular with ``test_time_flip=True`` (the default model's setting);
+- what it did when it was published (``tests/data/shipped_models.json``, written by
+  ``tests/data/record_shipped.py``): accuracy and macro F1 on the FER2013 subset and on a fixed
+  subset of lfw-expressions ``test`` (in-the-wild news photos) to within 0.005, each action
+  unit's ROC AUC against the teacher's table (``tests/data/fer2013_test_subset_au_teacher.csv``)
+  to within 0.005 (and 0.02 of the card), and golden logits of four faces to 1e-4, so that a
+  bug in the backbone, the pyramid or a head fails even where the by-hand oracle (which runs the
+  library's own modules) moves with it.
 
 Tests that need ``../shared`` skip without it (tests/conftest.py). Hub models (``source="hub"``)
 need the network and are skipped here.
 """
 
+import csv
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -36,6 +45,16 @@ from affectfpn.labels import EXPRESSIONS
 
 #: Every STEP-th file (sorted by name) of each class folder: a fixed, stratified subset.
 STEP = 5
+#: The same for lfw-expressions ``test`` (1,077 faces): every 3rd, 362 faces.
+LFW_STEP = 3
+DATA = Path(__file__).resolve().parent / "data"
+#: What each shipped model did when it was published (tests/data/record_shipped.py).
+RECORD = DATA / "shipped_models.json"
+#: The AU teacher's labels of the FER2013 subset (MediaPipe blendshapes, docs/action-units.md).
+AU_TEACHER_TABLE = DATA / "fer2013_test_subset_au_teacher.csv"
+#: How far a recorded subset figure may move (a neutral-logit shift of 0.3 moves accuracy on
+#: the lfw subset by more than this).
+RECORD_TOLERANCE = 0.005
 FER_TEST_SIZE = 3589
 #: Allowed distance between the subset's accuracy and the card's full-test figure. The subset is
 #: a sample of n = 721 of the N = 3,589 test faces: its accuracy has a standard error of
@@ -111,15 +130,85 @@ def _info(name: str) -> ModelInfo:
     return next(m for m in MODELS if m.name == name)
 
 
-def fer_subset(root: Path) -> list[tuple[Path, str]]:
-    """(image, expression) for every STEP-th file of each class folder of FER2013 ``test``."""
+def fer_subset(root: Path, step: int = STEP) -> list[tuple[Path, str]]:
+    """(image, expression) for every ``step``-th file of each class folder of ``root`` (FER2013
+    ``test`` by default)."""
     subset = []
     for folder in sorted(os.listdir(root)):  # angry, disgust, ...: the library's synonyms
         index = expression_from_name(folder)
-        assert index is not None, f"unknown FER2013 class folder {folder!r}"
+        assert index is not None, f"unknown class folder {folder!r}"
         names = sorted(os.listdir(root / folder))
-        subset += [(root / folder / name, EXPRESSIONS[index]) for name in names[::STEP]]
+        subset += [(root / folder / name, EXPRESSIONS[index]) for name in names[::step]]
     return subset
+
+
+def lfw_subset(root: Path) -> list[tuple[Path, str]]:
+    """Every LFW_STEP-th face of each class folder of lfw-expressions ``test``."""
+    return fer_subset(root, LFW_STEP)
+
+
+def _labels(model: AffectFPN, subset: list[tuple[Path, str]]) -> list[str]:
+    predictions = model.predict([path for path, _ in subset], faces="crop", batch_size=64)
+    assert isinstance(predictions, list)
+    return [p.faces[0].expression.label for p in predictions]  # type: ignore[union-attr]
+
+
+def subset_figures(model: AffectFPN, subset: list[tuple[Path, str]]) -> dict[str, float]:
+    """Accuracy and macro F1 (over the classes present in the subset) of ``predict``."""
+    predicted = _labels(model, subset)
+    truth = [e for _, e in subset]
+    accuracy = float(np.mean([a == b for a, b in zip(predicted, truth, strict=True)]))
+    f1s = []
+    for c in sorted(set(truth)):
+        tp = sum(a == b == c for a, b in zip(predicted, truth, strict=True))
+        fp = sum(a == c != b for a, b in zip(predicted, truth, strict=True))
+        fn = sum(b == c != a for a, b in zip(predicted, truth, strict=True))
+        f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
+    neutral = [a == "Neutral" for a, b in zip(predicted, truth, strict=True) if b == "Neutral"]
+    return {
+        "accuracy": round(accuracy, 5),
+        "macro_f1": round(float(np.mean(f1s)), 5),
+        "neutral_recall": round(float(np.mean(neutral)), 5),
+    }
+
+
+def teacher_aucs(model: AffectFPN, subset: list[tuple[Path, str]]) -> dict[str, float]:
+    """Each AU's ROC AUC of the model's probabilities against the teacher's labels (a unit is
+    active for the teacher where its probability is >= 0.5)."""
+    from sklearn.metrics import roc_auc_score
+
+    with AU_TEACHER_TABLE.open(newline="") as f:
+        table = {row["key"]: row for row in csv.DictReader(f)}
+    paths = [p for p, _ in subset if f"{p.parent.name}/{p.name}" in table]
+    predictions = model.predict(paths, faces="crop", batch_size=64)
+    out = {}
+    for unit in model.config.action_units:
+        scores, labels = [], []
+        for path, prediction in zip(paths, predictions, strict=True):  # type: ignore[arg-type]
+            cell = table[f"{path.parent.name}/{path.name}"].get(unit, "")
+            if cell == "":
+                continue
+            labels.append(float(cell) >= 0.5)  # active for the teacher, as on the card
+            scores.append(prediction.faces[0].aus.probabilities[unit])
+        out[unit] = round(float(roc_auc_score(labels, scores)), 5)
+    return out
+
+
+def golden_inputs(size: tuple[int, int]) -> np.ndarray:
+    """Four uint8 faces (N x 3 x H x W): the repository's sample photo resized by Pillow, and
+    three seeded noise faces."""
+    photo = Path(__file__).resolve().parents[1] / "examples" / "images" / "single_face.jpg"
+    face = Image.open(photo).convert("RGB").resize(size[::-1], Image.Resampling.BILINEAR)
+    rng = np.random.default_rng(1234)
+    noise = rng.integers(0, 256, (3, *size, 3), dtype=np.uint8)
+    faces = np.concatenate([np.asarray(face)[None], noise])
+    return np.ascontiguousarray(faces.transpose(0, 3, 1, 2))
+
+
+def _record(name: str) -> dict[str, object]:
+    records = json.loads(RECORD.read_text(encoding="utf-8"))
+    assert name in records, f"{name} has no record: run tests/data/record_shipped.py"
+    return records[name]  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -335,3 +424,80 @@ def test_onnx_export_of_the_shipped_model_matches_pytorch(
 ) -> None:
     model = _model(loaded, name)
     _onnx_parity(model, tmp_path / f"{name}.onnx", _faces(4, model.config.input_size, seed=1))
+
+
+# --------------------------------------------------------------------------- recorded figures
+@pytest.fixture(scope="module")
+def lfw_test(shared_dir: Path) -> list[tuple[Path, str]]:
+    root = shared_dir / "data" / "lfw-expressions" / "test"
+    if not root.is_dir():
+        pytest.skip(f"lfw-expressions test split not found at {root}")
+    subset = lfw_subset(root)
+    assert len(subset) == 362
+    return subset
+
+
+def _close(got: dict[str, float], want: object, what: str) -> None:
+    assert isinstance(want, dict)
+    for key, value in want.items():
+        assert abs(got[key] - value) <= RECORD_TOLERANCE, (
+            f"{what} {key}: {got[key]:.4f}, recorded {value:.4f}"
+        )
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", [_param(m, needs="expression") for m in MODELS])
+def test_fer2013_subset_figures_match_the_record(
+    loaded: dict[str, AffectFPN], fer_test: list[tuple[Path, str]], name: str
+) -> None:
+    figures = subset_figures(_model(loaded, name), fer_test)
+    _close(figures, _record(name)["fer2013_subset"], f"{name} FER2013 subset")
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", [_param(m, needs="expression") for m in MODELS])
+def test_lfw_subset_figures_match_the_record(
+    loaded: dict[str, AffectFPN], lfw_test: list[tuple[Path, str]], name: str
+) -> None:
+    """In-the-wild news photos: the figures, and the neutral faces read as neutral."""
+    figures = subset_figures(_model(loaded, name), lfw_test)
+    _close(figures, _record(name)["lfw_subset"], f"{name} lfw-expressions subset")
+    info = _info(name)
+    if "lfw-expressions-test" in info.metrics:  # a model trained for photos keeps its floors
+        assert figures["accuracy"] >= 0.85
+        assert figures["neutral_recall"] >= 0.80
+
+
+def _au_models() -> list[object]:
+    return [_param(m) for m in MODELS if "au" in m.tasks and "fer2013-test-au-teacher" in m.metrics]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", _au_models())
+def test_every_action_unit_agrees_with_the_teacher_as_recorded(
+    loaded: dict[str, AffectFPN], fer_test: list[tuple[Path, str]], name: str
+) -> None:
+    model = _model(loaded, name)
+    aucs = teacher_aucs(model, fer_test)
+    _close(aucs, _record(name)["fer2013_subset_au_auc"], f"{name} AU AUC vs teacher")
+    card = _info(name).metrics["fer2013-test-au-teacher"]
+    for unit, auc in aucs.items():
+        assert abs(auc - card[f"{unit}_auc_vs_teacher"]) <= 0.02, (unit, auc)
+
+
+@pytest.mark.parametrize("name", [_param(m) for m in MODELS])
+def test_golden_logits(loaded: dict[str, AffectFPN], name: str) -> None:
+    """One forward pass of four fixed faces gives the logits recorded at publication."""
+    from affectfpn.preprocess import normalize
+
+    model = _model(loaded, name)
+    x = normalize(torch.from_numpy(golden_inputs(model.config.input_size)), model.config)
+    with torch.inference_mode():
+        out = model.eval()(x)
+    golden = _record(name)["golden"]
+    assert isinstance(golden, dict)
+    assert set(golden) == {t for t in ("va", "expression", "au") if getattr(out, t) is not None}
+    for task, values in golden.items():
+        np.testing.assert_allclose(
+            getattr(out, task).numpy(), np.array(values), atol=1e-4, rtol=0, err_msg=task
+        )

@@ -37,7 +37,12 @@ logger = logging.getLogger(__name__)
 
 #: The headline figures of each task: (key in the evaluation report, name in the registry).
 HEADLINE = {
-    "expression": (("accuracy", "accuracy"), ("macro_f1", "macro_f1"), ("score", "s_expr")),
+    "expression": (
+        ("accuracy", "accuracy"),
+        ("macro_f1", "macro_f1"),
+        ("score", "s_expr"),
+        ("ece", "ece"),
+    ),
     "va": (("ccc_valence", "ccc_valence"), ("ccc_arousal", "ccc_arousal"), ("score", "s_va")),
     "au": (("mean_f1", "au_mean_f1"), ("accuracy", "au_accuracy"), ("score", "s_au")),
 }
