@@ -29,6 +29,10 @@ class DatasetError(AffectFPNError):
     """A dataset or annotation file that is malformed; the message names the file and line."""
 
 
+class InferenceError(AffectFPNError):
+    """The model produced NaN or infinite outputs: never reported as a prediction."""
+
+
 class MissingExtraError(AffectFPNError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 

@@ -47,7 +47,7 @@ from typing_extensions import Unpack
 
 from affectfpn._device import amp_dtype, autocast, resolve_device
 from affectfpn.config import AffectFPNConfig
-from affectfpn.errors import ConfigError, InputError
+from affectfpn.errors import ConfigError, InferenceError, InputError
 from affectfpn.inference.align import alignment_scale, alignment_transform, warp_face
 from affectfpn.inference.detectors import (
     Detection,
@@ -709,6 +709,17 @@ class Predictor:
             finally:
                 if was_training:
                     model.train()
+            # A NaN never becomes a label: damaged weights (or a model broken by training) are
+            # an error naming the inputs, not "Neutral" with NaN probabilities.
+            finite = [t for t in out if t is not None]
+            if not all(bool(torch.isfinite(t).all()) for t in finite):
+                sources = sorted({record.prepared.source for record, _ in faces})
+                raise InferenceError(
+                    f"the model's outputs are NaN or infinite for {', '.join(sources[:5])}"
+                    + (f" and {len(sources) - 5} more" if len(sources) > 5 else "")
+                    + ": its weights are damaged or were trained into NaN; load them again, "
+                    "or use another model"
+                )
             # Python floats per face, as the results hold them (one conversion per batch).
             va = None if out.va is None else out.va.float().clamp(-1.0, 1.0).cpu().tolist()
             expr = (

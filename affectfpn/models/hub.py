@@ -46,7 +46,7 @@ def save_pretrained(
     ``dtype`` (e.g. ``torch.float16``) stores floating-point tensors at that precision; loading
     casts them back to the model's precision.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from affectfpn.models._card import render_model_card
 
@@ -55,12 +55,12 @@ def save_pretrained(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    atomic_write(
-        folder / WEIGHTS_NAME,
-        lambda tmp: save_file(
-            state, str(tmp), metadata={"format": "pt", "affectfpn_version": __version__}
-        ),
-    )
+    metadata = {"format": "pt", "affectfpn_version": __version__}
+    # The tensor bytes' SHA-256 goes into the header, which the bytes do not depend on: loading
+    # checks it, so that a file altered after saving (not only truncated) is refused.
+    digest = hashlib.sha256(_data_section(save(state, metadata=metadata))).hexdigest()
+    blob = save(state, metadata={**metadata, DATA_DIGEST_KEY: digest})
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: tmp.write_bytes(blob))
     config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
     atomic_write(folder / CONFIG_NAME, lambda tmp: tmp.write_text(config_text, encoding="utf-8"))
     card = render_model_card(model, model_card or {})
@@ -145,18 +145,51 @@ def load_folder(cls: "type[AffectFPN]", folder: Path, *, source: str) -> "Affect
     return model
 
 
+#: Header metadata key of the SHA-256 of a safetensors file's tensor bytes (affectfpn >= 0.9
+#: writes it; files without it, such as other tools' files, load without the check).
+DATA_DIGEST_KEY = "affectfpn_data_sha256"
+
+
+def _data_section(blob: bytes) -> bytes:
+    """The tensor bytes of a serialised safetensors file (after the 8-byte length and header)."""
+    if len(blob) < 8:
+        raise ValueError("shorter than a safetensors header")
+    size = int.from_bytes(blob[:8], "little")
+    if 8 + size > len(blob):
+        raise ValueError("the header runs past the end of the file")
+    return blob[8 + size :]
+
+
 def read_safetensors(path: Path, *, source: str) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a truncated or altered file gives a :class:`WeightsError`."""
+    """Read a safetensors file; a truncated or altered file gives a :class:`WeightsError`.
+
+    A file written by :func:`save_pretrained` carries the SHA-256 of its tensor bytes in its
+    header (:data:`DATA_DIGEST_KEY`): bytes changed after saving are refused.
+    """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        blob = path.read_bytes()
+        header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+        expected = (header.get("__metadata__") or {}).get(DATA_DIGEST_KEY)
+        if expected is not None:
+            digest = hashlib.sha256(_data_section(blob)).hexdigest()
+            if digest != expected:
+                raise WeightsError(
+                    f"{source}: {path.name} was altered after it was saved (the SHA-256 of its "
+                    f"tensor bytes is {digest[:12]}..., its header says {expected[:12]}...): "
+                    "download or copy it again"
+                )
+        state = load(blob)
+    except WeightsError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, AttributeError) as err:
         raise WeightsError(
             f"{source}: {path.name} is not a readable safetensors file ({err}); "
             "it may be truncated or altered: download it again"
         ) from None
+    return {k: v.to("cpu") for k, v in state.items()}
 
 
 def load_state_dict_strict(
