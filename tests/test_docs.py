@@ -190,3 +190,19 @@ def test_documented_paper_parameter_count_is_the_model_s() -> None:
     model = AffectFPN(AffectFPNConfig.paper())
     direct = sum(p.numel() for p in model.parameters())
     assert int(match.group(1).replace(",", "")) == model.num_params() == direct
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_front_page_snippets_run_as_written_against_the_default(
+    page: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a new user copies first: every Python block of the front pages runs, unchanged,
+    from the repository root, with the embedded default model and the photos in the repository
+    (a snippet that reads face.va on a model without valence/arousal would fail here)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    blocks = [m.group(2) for m in FENCE.finditer(text) if m.group(1) == "python"]
+    assert blocks, f"{page} has no Python example"
+    monkeypatch.chdir(ROOT)
+    for code in blocks:
+        exec(compile(code, page, "exec"), {"__name__": "__snippet__"})
+    assert capsys.readouterr().out.strip(), f"the snippets of {page} printed nothing"

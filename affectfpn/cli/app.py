@@ -16,6 +16,7 @@ from affectfpn.cli import (
     download,
     evaluate,
     export,
+    finetune,
     models,
     predict,
     publish,
@@ -49,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     parents = _common_parents()
     parser = _Parser(
         prog=PROG,
-        description="Facial affect analysis: valence/arousal, 7 expressions and 12 action "
-        "units with feature pyramid networks.",
+        description="Facial affect analysis with feature pyramid networks: the shipped models "
+        "read 7 expressions and 4 action units (AU1, AU2, AU12, AU26) per face; valence/arousal "
+        "and more units come from fine-tuning on your labels ('affectfpn finetune').",
         epilog=_epilog(
             "affectfpn predict photo.jpg",
             "affectfpn video clip.mp4 --csv clip.csv",
             "affectfpn models",
+            "affectfpn finetune my-faces/train my-faces/val --out runs/mine",
             "affectfpn COMMAND --help",
         ),
         formatter_class=_HelpFormatter,
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(command)
     calibrate.add_parser(command)
     train.add_parser(command)
+    finetune.add_parser(command)
     export.add_parser(command)
     publish.add_parser(command)
     models.add_parser(command)

@@ -1,0 +1,167 @@
+"""Fine-tuning a pretrained model on your own labelled faces, with defaults that were measured.
+
+The zoo's models are trained on FER2013 and news photos. Your camera, your population or a task
+the zoo lacks (valence/arousal, your own action units) is reached by fine-tuning: a few hundred
+labelled faces and a few minutes on a CPU. :func:`finetune` (``affectfpn finetune`` on the
+command line, ``recipes/finetune-custom.toml`` as a recipe file) does it with three guarantees:
+
+* **Never worse than the start.** The start is scored on your validation data as epoch 0, with
+  the metric that picks the best epoch; ``best/`` keeps the start when no epoch beats it, and the
+  run says so.
+* **What your data does not teach is kept.** Heads for tasks your labels lack (the default's
+  action units) stay, and are held to the start's outputs on your faces (``distill_start``);
+  the expression outputs are held too, with a weight that trades what is gained on your faces
+  against what is forgotten elsewhere (measured in docs/training.md).
+* **New tasks are added, not swapped.** ``add_tasks=["va"]`` adds a valence/arousal head to the
+  start's heads; a CSV with ``valence``/``arousal`` columns trains it.
+
+Data: an image folder of expression class folders (``train/happy/0001.jpg``) or a label CSV
+(``path`` plus any of ``expression``, ``valence``, ``arousal``, ``AU1`` .. ``AU26``) per split.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from affectfpn.errors import ConfigError
+from affectfpn.recipes.stage import Recipe
+
+#: The fine-tuning settings (``[train]`` of ``recipes/finetune-custom.toml``, which a test holds
+#: equal), chosen on lfw-expressions ``val`` with FER2013 ``val`` as the forgetting check:
+#: docs/training.md lists the runs.
+FINETUNE_TRAIN: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 32,
+    "max_steps_per_epoch": 40,
+    "optimizer": "sgd",
+    "lr": 0.005,
+    "momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "backbone_lr_scale": 0.1,
+    "schedule": "cosine",
+    "warmup_epochs": 1,
+    "label_smoothing": 0.1,
+    "grad_clip": 5.0,
+    "distill_start": {"expression": 3.0, "au": 1.0},
+    "distill_temperature": 2.0,
+    "score_start": True,
+    "num_workers": 0,
+    "seed": 0,
+    "select_metric": "score",
+}
+
+#: The augmentation of fine-tuning (``[augment]`` of the recipe file).
+FINETUNE_AUGMENT: dict[str, Any] = {
+    "scale": [0.8, 1.0],
+    "ratio": [0.9, 1.1],
+    "rotation": 10.0,
+    "flip": True,
+    "color_jitter": 0.2,
+    "erasing": 0.25,
+}
+
+
+def data_spec(path: str | os.PathLike[str], *, what: str = "data") -> dict[str, Any]:
+    """The dataset table for a folder of class folders or a label ``.csv``."""
+    p = Path(path).expanduser()
+    if p.suffix.lower() == ".csv":
+        return {"type": "csv", "csv_path": str(p)}
+    if p.exists() and not p.is_dir():
+        raise ConfigError(
+            f"{what} {str(p)!r} is neither a folder of class folders nor a .csv label table"
+        )
+    return {"type": "imagefolder", "root": str(p)}
+
+
+def finetune_recipe(
+    train: str | os.PathLike[str],
+    val: str | os.PathLike[str] | None,
+    *,
+    init: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] = "runs/finetune",
+    add_tasks: Sequence[str] = (),
+    settings: Mapping[str, Any] | None = None,
+    name: str = "finetune",
+) -> Recipe:
+    """The fine-tuning recipe for ``train`` (and ``val``) data, as :class:`Recipe`.
+
+    Args:
+        train: The training faces: a folder of class folders or a label CSV.
+        val: The validation faces (same forms); ``None`` trains without validation (then the
+            last epoch is kept and nothing guards against a worse model: not recommended).
+        init: The start: a registered model name, a folder or a Hub repo id (default: the
+            embedded default model).
+        output_dir: Where the run writes (``best/``, ``last.pt``, ``metrics.csv``).
+        add_tasks: Tasks to add to the start's (e.g. ``["va"]``), each with a new head.
+        settings: Changes to :data:`FINETUNE_TRAIN` (any :class:`TrainSettings` field).
+        name: The run's name (model card).
+    """
+    from affectfpn.recipes.recipe import recipe_from_dict
+    from affectfpn.registry import default_model_name
+
+    model: dict[str, Any] = {"init": str(init) if init is not None else default_model_name()}
+    if add_tasks:
+        model["add_tasks"] = list(add_tasks)
+    data: dict[str, Any] = {"train": [data_spec(train, what="train")]}
+    if val is not None:
+        data["val"] = [data_spec(val, what="val")]
+    train_table = copy.deepcopy(FINETUNE_TRAIN)
+    train_table.update(dict(settings or {}))
+    return recipe_from_dict(
+        {
+            "name": name,
+            "kind": "train",
+            "output_dir": str(output_dir),
+            "model": model,
+            "data": data,
+            "augment": copy.deepcopy(FINETUNE_AUGMENT),
+            "train": train_table,
+            "card": {
+                "description": f"Fine-tuned from {model['init']} on custom data with affectfpn.",
+                "license": "other",
+                "limitations": (
+                    "Fine-tuned on a custom dataset; check its licence and how well it "
+                    "represents the faces the model will see."
+                ),
+            },
+        }
+    )
+
+
+def finetune(
+    train: str | os.PathLike[str],
+    val: str | os.PathLike[str] | None,
+    *,
+    init: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] = "runs/finetune",
+    add_tasks: Sequence[str] = (),
+    **settings: Any,
+) -> dict[str, Any]:
+    """Fine-tune ``init`` (default: the embedded default model) on your faces.
+
+    Example::
+
+        from affectfpn.recipes.finetune import finetune
+        summary = finetune("my-faces/train", "my-faces/val", output_dir="runs/mine")
+        model = AffectFPN.from_pretrained("runs/mine/best")
+
+    Keyword arguments beyond those below change the training settings (see
+    :data:`FINETUNE_TRAIN` and :class:`~affectfpn.recipes.trainer.TrainSettings`), e.g.
+    ``epochs=20`` or ``distill_start={"expression": 1.0, "au": 1.0}``.
+
+    Returns:
+        The trainer's summary: ``best_epoch`` (0 when the start was kept), ``best_score``,
+        ``history`` (epoch 0 is the start) and ``output_dir``.
+    """
+    from affectfpn.recipes.stage import check_data, train_from_recipe
+
+    recipe = finetune_recipe(
+        train, val, init=init, output_dir=output_dir, add_tasks=add_tasks, settings=settings
+    )
+    check_data(recipe.table("data"), source=recipe.source)
+    return train_from_recipe(recipe)
