@@ -249,3 +249,15 @@ def test_template_shift_moves_the_face_and_margin_zooms() -> None:
     mapped = points @ matrix[:, :2].T + matrix[:, 2]
     target = face_template((48, 48), margin=-0.05, shift=-0.06)
     assert np.abs(mapped - target).max() < 3.0  # least squares onto the template
+
+
+def test_crop_box_at_half_scale_samples_pixel_centres() -> None:
+    """On a linear ramp, output pixel j at scale 0.5 covers source pixels 2j and 2j + 1, so its
+    value is the ramp at x = 2j + 0.5 (pixel i spans [i, i + 1)). Dropping the half-pixel terms
+    of the box transform shifts every value by half a source pixel."""
+    ramp = np.tile((2 * np.arange(128)).astype(np.uint8), (128, 1))
+    image = np.dstack([ramp] * 3)
+    out = crop_box(image, (0, 0, 128, 128), (64, 64), margin=0).astype(float)
+    expected = 2 * (2 * np.arange(64) + 0.5)  # 4j + 1
+    inner = slice(2, 62)  # away from the repeated edge
+    np.testing.assert_allclose(out[10, inner, 0], expected[inner], atol=0.5)

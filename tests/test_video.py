@@ -823,3 +823,39 @@ def test_two_moving_faces_keep_their_track_ids_and_the_main_face_is_the_larger(
         assert face is not None
         assert face.va is not None
         assert [float(v) for v in line.split(",")] == pytest.approx(face.va.as_tuple(), abs=1e-6)
+
+
+class _StallingClock:
+    """A capture at 25 fps whose container clock runs for five frames and then stalls (as some
+    streams and damaged files do): the reader must fall back to index / fps from there."""
+
+    def __init__(self, frames: int = 9) -> None:
+        self.frames = frames
+        self.position = -1
+
+    def grab(self) -> bool:
+        self.position += 1
+        return self.position < self.frames
+
+    def retrieve(self) -> tuple[bool, np.ndarray]:
+        return True, np.full((24, 32, 3), 40 * (self.position % 5), np.uint8)
+
+    def isOpened(self) -> bool:  # OpenCV's name
+        return True
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return 40.0 * min(self.position, 4)  # 0, 40, 80, 120, 160, 160, 160, ...
+        if prop == cv2.CAP_PROP_FPS:
+            return 25.0
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return float(self.frames)
+        return 0.0
+
+
+def test_timestamps_fall_back_to_index_over_fps_when_the_clock_stalls() -> None:
+    from affectfpn.video.reader import VideoReader
+
+    stamps = [frame.timestamp for frame in VideoReader(_StallingClock())]
+    # the container's times while they increase, then frame index / fps: frame 5 is at 0.2 s
+    assert stamps == pytest.approx([0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28, 0.32])
