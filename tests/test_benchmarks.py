@@ -27,6 +27,7 @@ SCRIPTS = {
     "framing.py": "margin",
     "robustness.py": "photo",
     "gpu.py": "cuda_available",
+    "cli_startup.py": "floor:",
 }
 
 

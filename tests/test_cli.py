@@ -678,3 +678,25 @@ def test_download_detector_into_the_cache(
     assert "embedded" in line
     assert Path(line.split()[-1]) == detectors.embedded_yunet()
     assert local_hub.request_count == 0
+
+
+def test_commands_that_need_no_model_do_not_import_torch() -> None:
+    """--help, models, models --json and argument errors answer in a fraction of torch's import
+    time (benchmarks/cli_startup.py measures it): none of them may import torch or OpenCV."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from affectfpn.cli import main\n"
+        "for argv in (['--help'], ['models'], ['models', '--json'], ['predict', '--bogus']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('LOADED', sorted(m for m in ('torch', 'cv2') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "LOADED []" in out, out[-500:]

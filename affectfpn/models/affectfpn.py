@@ -301,3 +301,16 @@ class AffectFPN(nn.Module):
         from affectfpn.inference.predictor import predict
 
         return predict(self, inputs, **options)
+
+
+def gflops_per_face(config: AffectFPNConfig) -> float:
+    """Billions of floating-point operations of one face through a model of ``config`` (mirror
+    averaging, ``test_time_flip``, counts twice), counted on the meta device: no weights are
+    made and nothing is computed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = AffectFPN(config).eval()
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, *config.input_size))
+    return float(counter.get_total_flops() / 1e9)

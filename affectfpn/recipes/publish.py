@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from affectfpn.errors import ConfigError
-from affectfpn.models.affectfpn import AffectFPN
+from affectfpn.models.affectfpn import AffectFPN, gflops_per_face
 from affectfpn.models.hub import WEIGHTS_NAME
 from affectfpn.models.registry import INFO_NAME
 
@@ -211,6 +211,7 @@ def publish(
             "precision": "float16" if dtype else "float32",
             "eval_samples": samples,
             "throughput": speed,
+            "gflops_per_face": round(gflops_per_face(config), 4),
         },
         "default": default,
     }
