@@ -417,3 +417,74 @@ def test_every_training_setting_says_what_it_changes() -> None:
     )
     assert {"select_metric", "eval_every", "score_start"} <= set(settings_of_kind("selection"))
     assert {"deterministic", "device", "num_workers", "epochs"} <= set(settings_of_kind("run"))
+
+
+# ------------------------------------------------------------------------ the packaged defaults
+def test_the_recipe_file_and_the_package_share_the_fine_tuning_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pip users have no recipes/ folder: the measured defaults live in the package
+    (affectfpn.recipes.finetune) and the recipe file says the same."""
+    from affectfpn.recipes.finetune import FINETUNE_AUGMENT, FINETUNE_TRAIN
+
+    monkeypatch.setenv("FINETUNE_DATA", "/data/faces")
+    monkeypatch.delenv("AFFECTFPN_INIT", raising=False)
+    recipe = load_recipe(ROOT / "recipes" / "finetune-custom.toml")
+    assert recipe.table("train") == FINETUNE_TRAIN
+    assert recipe.table("augment") == FINETUNE_AUGMENT
+    assert recipe.table("model") == {"init": "fer2013-multitask-resnet18-fpn"}
+
+
+def test_finetune_command_trains_from_folders_and_keeps_the_start_heads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for split in ("train", "val"):
+        write_image_folder(tmp_path / split, {"neutral": 4, "happy": 4}, image_size=48)
+    code = cli_main(
+        [
+            "finetune",
+            str(tmp_path / "train"),
+            str(tmp_path / "val"),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "epochs=1",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "device='cpu'",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "best epoch" in out
+    model = AffectFPN.from_pretrained(tmp_path / "run" / "best")
+    assert model.config.tasks == ("expression", "au")  # the default's AU head is kept
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert rows[0]["epoch"] == "0"
+    assert cli_main(["finetune", str(tmp_path / "missing"), "--check"]) != 0
+    assert "missing" in capsys.readouterr().err
+
+
+def test_interpolate_start_saves_the_mix_and_trains_on(tmp_path: Path) -> None:
+    """interpolate_start = 0.5: best/ holds the mean of the start and the trained weights, while
+    the model (and last.pt) keep the trained ones."""
+    model = tiny_model(tasks=("expression",), trainable_layers=5, head_dropout=0.0)
+    start = state_of(model)
+    Trainer(
+        model,
+        Separable(16),
+        settings=tiny_settings(epochs=2, lr=0.05, epoch_fraction=1.0, interpolate_start=0.5),
+        output_dir=tmp_path,
+    ).fit()
+    trained = state_of(model)
+    best = AffectFPN.from_pretrained(tmp_path / "best").state_dict()
+    moved = 0
+    for k, v in trained.items():
+        if not v.is_floating_point():
+            continue
+        torch.testing.assert_close(best[k], (start[k] + v) / 2, msg=k)
+        moved += int(not torch.equal(start[k], v))
+    assert moved > 10  # training moved the weights, so the mix differs from both
+    with pytest.raises(ConfigError, match="interpolate_start"):
+        tiny_settings(interpolate_start=0.0)

@@ -14,6 +14,7 @@
   once every epoch is done, ``done.json``.
 """
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -142,6 +143,11 @@ class TrainSettings:
     #: The backbone's learning rate is ``lr * backbone_lr_scale`` (the pyramid and the heads
     #: use ``lr``): below 1 for fine-tuning, 0 freezes the backbone's weights.
     backbone_lr_scale: float = _trajectory(1.0)
+    #: Validate and save ``(1 - a) * start + a * trained`` weights instead of the trained ones
+    #: (weight-space ensembling, "WiSE-FT", Wortsman et al. 2022): below 1, a fine-tuned model
+    #: keeps more of what the start knew for the same gain on the new data. Training itself
+    #: (and ``last.pt``) follows the trained weights.
+    interpolate_start: float = _selection(1.0)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -213,6 +219,13 @@ class TrainSettings:
                 raise ConfigError(f"train.distill_start.{task} must be finite and >= 0")
         if not self.distill_temperature > 0:
             raise ConfigError("train.distill_temperature must be positive")
+        if isinstance(self.interpolate_start, bool) or not (
+            isinstance(self.interpolate_start, int | float) and 0 < self.interpolate_start <= 1
+        ):
+            raise ConfigError(
+                f"train.interpolate_start must be in (0, 1] (1: the trained weights as they "
+                f"are), got {self.interpolate_start!r}"
+            )
         if not (math.isfinite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0):
             raise ConfigError("train.backbone_lr_scale must be a number >= 0")
         if self.select_metric != "score" and "/" not in self.select_metric:
@@ -460,6 +473,10 @@ class Trainer:
                 )
                 self.teacher.to(self.device)
         self.model = model.to(self.device)
+        #: the starting weights, for ``interpolate_start`` (None when it is 1)
+        self._start_state: dict[str, torch.Tensor] | None = None
+        if s.interpolate_start < 1:
+            self._start_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         if self.teacher is not None:
@@ -719,15 +736,17 @@ class Trainer:
             if self.val_set is not None and (
                 (self.epoch + 1) % s.eval_every == 0 or self.epoch + 1 == s.epochs
             ):
-                metrics, score = self.validate()
-                record["val"] = metrics
-                record["val_score"] = score
-                if score > self.best_score:
-                    self.best_score, self.best_epoch = score, self.epoch
-                    self._save_best(metrics)
+                with self._interpolated():
+                    metrics, score = self.validate()
+                    record["val"] = metrics
+                    record["val_score"] = score
+                    if score > self.best_score:
+                        self.best_score, self.best_epoch = score, self.epoch
+                        self._save_best(metrics)
             elif self.val_set is None:
                 self.best_epoch = self.epoch
-                self._save_best({})
+                with self._interpolated():
+                    self._save_best({})
             self.epoch += 1
             self.history.append(record)
             self.save_checkpoint()
@@ -754,6 +773,25 @@ class Trainer:
             "output_dir": str(self.output_dir),
             "finished": finished,
         }
+
+    @contextlib.contextmanager
+    def _interpolated(self) -> Iterator[None]:
+        """Inside, the model holds ``(1 - a) * start + a * trained`` (``interpolate_start``);
+        the trained weights are back afterwards."""
+        if self._start_state is None:
+            yield
+            return
+        a = float(self.settings.interpolate_start)
+        trained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        mixed = {
+            k: torch.lerp(self._start_state[k].to(v.dtype), v, a) if v.is_floating_point() else v
+            for k, v in trained.items()
+        }
+        self.model.load_state_dict(mixed)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(trained)
 
     def _score_start(self) -> None:
         """Epoch 0: the starting weights, scored as every epoch will be and kept as ``best/``."""
