@@ -30,7 +30,7 @@ EXIT_INTERNAL = 3
 #: Exit status after Ctrl-C.
 EXIT_INTERRUPTED = 130
 
-_FORMATS = ("csv", "json", "table")
+_FORMATS = ("csv", "json", "table", "parquet")
 
 
 #: Adds one subcommand's parser (see :func:`affectfpn.cli.app.build_parser`).
@@ -298,7 +298,7 @@ def _output_format(choice: str | None, output: str | None) -> str:
         return choice
     if output is not None:
         suffix = Path(output).suffix.lower()
-        return {".json": "json", ".txt": "table"}.get(suffix, "csv")
+        return {".json": "json", ".txt": "table", ".parquet": "parquet"}.get(suffix, "csv")
     return "table" if sys.stdout.isatty() else "csv"
 
 

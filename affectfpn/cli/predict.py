@@ -19,6 +19,7 @@ from affectfpn.cli._common import (
     _output_format,
     _quiet_opencv,
     _signed,
+    _UsageError,
     logger,
     predictor_from_args,
 )
@@ -37,6 +38,7 @@ def add_parser(command: Command) -> None:
             "affectfpn predict photo.jpg",
             "affectfpn predict photos/ 'more/*.png' --format csv --output faces.csv",
             "affectfpn predict group.jpg --format json --annotate annotated/",
+            "affectfpn predict photos/ -o faces.parquet",
             "affectfpn predict crops/ --faces crop --model user/affect-model",
         ],
         "model",
@@ -47,8 +49,9 @@ def add_parser(command: Command) -> None:
         "-f",
         "--format",
         choices=_FORMATS,
-        help="csv (all columns), json (one object per image) or table (a summary); default: "
-        "table on a terminal, else csv; with --output, from its suffix",
+        help="csv (all columns), json (one object per image), table (a summary) or parquet "
+        "(the csv's columns; needs affectfpn[pandas]); default: table on a terminal, else csv; "
+        "with --output, from its suffix (.parquet, .json, .txt, else csv)",
     )
     p.add_argument("-o", "--output", metavar="FILE", help="write the results here, not stdout")
     p.add_argument(
@@ -116,8 +119,6 @@ def _annotated(results: Iterator[Any], folder: Path) -> Iterator[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from affectfpn.inference.results import write_csv
-
     fmt = _output_format(args.format, args.output)
     _check_inputs(args.inputs)
     model = _load_model(args)
@@ -144,20 +145,43 @@ def run(args: argparse.Namespace) -> int:
             faces += len(item.faces)
             yield item
 
-    with _open_output(args.output) as out:
-        if fmt == "csv":
-            write_csv(counted(results), out)  # the columns of the model's labels
-        elif fmt == "json":
-            out.write("[")
-            for i, result in enumerate(counted(results)):
-                out.write(("," if i else "") + "\n  " + json.dumps(result.to_dict()))
-            out.write("\n]\n")
-        else:
-            rows = [row for result in counted(results) for row in _table_rows(result)]
-            out.write(_format_table(_TABLE_HEADER, rows, numeric={1, 2, 3, 4, 6}))
+    if fmt == "parquet":
+        _write_parquet(counted(results), args.output)
+    else:
+        _write_text(fmt, counted(results), args.output)
     where = f" -> {args.output}" if args.output else ""
     annotated = f"; annotated images in {args.annotate}" if args.annotate else ""
     logger.info("%d face(s) in %d image(s)%s%s", faces, images, where, annotated)
     if args.output:
         _note(args, f"{faces} face(s) in {images} image(s) written to {args.output}{annotated}")
     return EXIT_OK
+
+
+def _write_parquet(results: Iterator[Any], output: str | None) -> None:
+    """The table as one Parquet file (needs pandas and pyarrow), written atomically."""
+    from affectfpn.errors import require_extra
+    from affectfpn.inference.results import to_pandas
+    from affectfpn.io import atomic_write
+
+    if output is None:
+        raise _UsageError("--format parquet needs --output FILE.parquet", "predict")
+    require_extra("pandas", "pandas")
+    require_extra("pyarrow", "pandas")
+    table = to_pandas(results)
+    atomic_write(Path(output).expanduser(), lambda tmp: table.to_parquet(tmp, index=False))
+
+
+def _write_text(fmt: str, results: Iterator[Any], output: str | None) -> None:
+    from affectfpn.inference.results import write_csv
+
+    with _open_output(output) as out:
+        if fmt == "csv":
+            write_csv(results, out)  # the columns of the model's labels
+        elif fmt == "json":
+            out.write("[")
+            for i, result in enumerate(results):
+                out.write(("," if i else "") + "\n  " + json.dumps(result.to_dict()))
+            out.write("\n]\n")
+        else:
+            rows = [row for result in results for row in _table_rows(result)]
+            out.write(_format_table(_TABLE_HEADER, rows, numeric={1, 2, 3, 4, 6}))

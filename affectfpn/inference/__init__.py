@@ -24,6 +24,7 @@ from affectfpn.inference.results import (
     LabelNames,
     ValenceArousal,
     table_columns,
+    to_pandas,
     to_rows,
     write_csv,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "predict",
     "predict_iter",
     "table_columns",
+    "to_pandas",
     "to_rows",
     "write_csv",
 ]

@@ -93,6 +93,7 @@ __all__ = [
     "ValenceArousal",
     "openface_au_name",
     "table_columns",
+    "to_pandas",
     "to_rows",
     "write_csv",
 ]
@@ -934,6 +935,60 @@ def to_rows(
     return [
         row for image in images for row in _image_rows(image, columns, expr_names, au_names, chosen)
     ]
+
+
+def to_pandas(
+    predictions: ImagePrediction | Iterable[ImagePrediction],
+    *,
+    expressions: Sequence[str] | None = None,
+    action_units: Sequence[str] | None = None,
+    tasks: Sequence[str] = TASKS,
+) -> Any:
+    """The table of :func:`to_rows` as a pandas DataFrame: the CSV's columns, one row per face.
+
+    Video frames (``FramePrediction``) add ``frame`` and ``timestamp`` first, as the video CSV
+    does. Integer columns (``face_id``, ``success``, ``AU<NN>_c``) are pandas' nullable
+    ``Int64``; an empty cell (a task the model lacks, an image without a face) is missing
+    (``<NA>`` / NaN). Needs pandas: ``pip install 'affectfpn[pandas]'``.
+    """
+    try:
+        import pandas as pd
+    except ImportError:
+        from affectfpn.errors import MissingExtraError
+
+        raise MissingExtraError(
+            "to_pandas needs pandas: pip install 'affectfpn[pandas]' (or pip install pandas)"
+        ) from None
+    images = list(_iter_images(predictions))
+    expr_names, au_names = _names(images[0] if images else None, expressions, action_units)
+    columns = table_columns(expr_names, au_names, tasks)
+    chosen = _check_tasks(tasks)
+    frames = bool(images) and all(
+        isinstance(getattr(image, "index", None), int)
+        and isinstance(getattr(image, "timestamp", None), float | int)
+        for image in images
+    )
+    rows: list[dict[str, object]] = []
+    for image in images:
+        lead = (
+            {"frame": image.index, "timestamp": float(image.timestamp)}  # type: ignore[attr-defined]
+            if frames
+            else {}
+        )
+        for row in _image_rows(image, columns, expr_names, au_names, chosen):
+            rows.append({**lead, **row})
+    names = [*(["frame", "timestamp"] if frames else []), *columns]
+    table = pd.DataFrame.from_records(rows, columns=names)
+    for name in names:
+        if name in ("frame", "face_id", "success") or (
+            name.startswith("AU") and name.endswith("_c")
+        ):
+            table[name] = table[name].astype("Int64")
+        elif name in ("source", "expression"):
+            table[name] = table[name].astype("string")
+        else:
+            table[name] = table[name].astype("float64")
+    return table
 
 
 def _format_cell(value: object, precision: int) -> object:

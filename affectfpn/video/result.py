@@ -5,6 +5,7 @@ Public through :mod:`affectfpn.video`.
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,6 +123,14 @@ class VideoResult:
             rows = order[last]
         out[self.face_frame[rows]] = self.va[rows]
         return out
+
+    def to_pandas(self) -> Any:
+        """The video's table as a pandas DataFrame: the columns of its CSV (``frame``,
+        ``timestamp``, then those of :func:`~affectfpn.inference.to_rows`), one row per face
+        and frame. Needs pandas (``pip install 'affectfpn[pandas]'``)."""
+        from affectfpn.inference.results import to_pandas
+
+        return to_pandas(list(self.frames()))
 
     def frames(self) -> Iterator[FramePrediction]:
         """Rebuild the :class:`FramePrediction` objects (without landmarks), e.g. to write them
