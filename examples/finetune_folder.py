@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     best = Path(summary["output_dir"]) / "best"
     last = summary["history"][-1] if summary["history"] else {}
-    print(f"trained {len(summary['history'])} epoch(s), {last.get('train_samples', 0)} faces")
+    trained = [r for r in summary["history"] if not r.get("start")]  # epoch 0: the start
+    print(f"trained {len(trained)} epoch(s), {last.get('train_samples', 0)} faces")
     print(f"last train loss: {last.get('train_loss', float('nan')):.4f}")
     if val_set is not None:
         print(f"validation accuracy of the best epoch: {summary['best_score']:.4f}")

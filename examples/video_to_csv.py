@@ -1,8 +1,8 @@
-"""A video to a per-frame CSV table and a plot of valence and arousal over time.
+"""A video to a per-frame CSV table and a plot of the main face over time.
 
 Run it from the repository root (the plot needs matplotlib: ``pip install 'affectfpn[plot]'``)::
 
-    python examples/video_to_csv.py --video clip.mp4 --output clip.csv --plot clip_va.png
+    python examples/video_to_csv.py --video clip.mp4 --output clip.csv --plot clip_timeline.png
     python examples/video_to_csv.py --video clip.mp4 --every-n 1 --smoothing ema --no-plot
 
 The video is decoded frame by frame and streamed through the model, so memory does not grow with
@@ -41,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a video file (default: the shared WolfgangLanger_Pexels.mp4)",
     )
     parser.add_argument("--output", default="video.csv", help="the CSV file to write")
-    parser.add_argument("--plot", default="video_va.png", help="the valence/arousal plot")
+    parser.add_argument(
+        "--plot",
+        default="video_timeline.png",
+        help="the main face's expressions, active AUs (and valence/arousal) over time",
+    )
     parser.add_argument("--no-plot", action="store_true", help="do not draw the plot")
     parser.add_argument(
         "--every-n", type=int, default=5, help="predict every n-th frame (default: 5)"
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = AffectFPN.from_pretrained(args.model)
-    plot = None if args.no_plot or "va" not in model.config.tasks else args.plot
+    plot = None if args.no_plot else args.plot
     result = analyze_video(
         model,
         args.video,

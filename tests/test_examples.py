@@ -260,8 +260,8 @@ def test_finetune_folder_trains_from_the_given_model(
     assert "reloaded: tasks ['expression']" in out
 
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 1
-    assert records[0]["train_samples"] == 8
+    assert [r["epoch"] for r in records] == [0, 1]  # epoch 0: the start, scored
+    assert records[1]["train_samples"] == 8
     config = json.loads((output / "best" / "config.json").read_text())
     assert config["tasks"] == ["expression"]
     assert config["input_size"] == [64, 64]  # the starting model's architecture is kept

@@ -859,3 +859,33 @@ def test_timestamps_fall_back_to_index_over_fps_when_the_clock_stalls() -> None:
     stamps = [frame.timestamp for frame in VideoReader(_StallingClock())]
     # the container's times while they increase, then frame index / fps: frame 5 is at 0.2 s
     assert stamps == pytest.approx([0.0, 0.04, 0.08, 0.12, 0.16, 0.2, 0.24, 0.28, 0.32])
+
+
+@pytest.mark.parametrize("tasks", [("expression", "au"), ("va", "expression", "au"), ("va",)])
+def test_the_timeline_plot_works_for_every_model(
+    synthetic: Path, tmp_path: Path, tasks: tuple[str, ...]
+) -> None:
+    """--plot / plot_timeline draws whatever the model predicts: the shipped models have no
+    valence/arousal, and the help's own example must still run."""
+    pytest.importorskip("matplotlib")
+    from affectfpn import AffectFPNConfig
+    from affectfpn.video import plot_timeline
+
+    torch.manual_seed(0)
+    config = AffectFPNConfig(fpn_width=8, input_size=(32, 32), tasks=tasks)
+    result = analyze_video(AffectFPN(config), synthetic, faces="crop", end=6)
+    out = plot_timeline(result, tmp_path / "timeline.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InputError, match="face_id 9"):
+        plot_timeline(result, tmp_path / "x.png", face_id=9)
+
+
+def test_video_plot_option_with_the_default_model(synthetic: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from affectfpn.cli import main as cli_main
+
+    out = tmp_path / "timeline.png"
+    code = cli_main(["video", str(synthetic), "--faces", "crop", "--end", "6", "--plot", str(out)])
+    assert code == 0
+    assert out.is_file()
+    assert out.stat().st_size > 1000

@@ -33,7 +33,7 @@ def add_parser(command: Command) -> None:
         "Without any of --csv/--abaw2/--annotate/--plot the CSV goes to stdout.",
         [
             "affectfpn video clip.mp4 --csv clip.csv",
-            "affectfpn video clip.mp4 --every-n 5 --plot va.png",
+            "affectfpn video clip.mp4 --every-n 5 --plot timeline.png",
             "affectfpn video clip.mp4 --annotate clip_annotated.mp4",
             "affectfpn video 10-60-1280x720.mp4 --abaw2 predictions/",
         ],
@@ -48,7 +48,12 @@ def add_parser(command: Command) -> None:
         help="ABAW2 prediction text files (one per task, named after the video) into DIR",
     )
     p.add_argument("--annotate", metavar="FILE", help="the video with predictions drawn on it")
-    p.add_argument("--plot", metavar="FILE", help="valence and arousal over time (needs [plot])")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="the main face's expressions, active AUs and (when the model has them) "
+        "valence/arousal over time (needs [plot])",
+    )
     p.add_argument(
         "--every-n",
         type=_positive_int,
@@ -97,15 +102,6 @@ def run(args: argparse.Namespace) -> int:
         require_extra("matplotlib", "plot")  # before the (slow) model load
     model = _load_model(args)
     plot = args.plot
-    if plot and "va" not in model.config.tasks:
-        why = (
-            f"--plot {plot}: the model predicts no valence/arousal (its tasks: "
-            f"{', '.join(model.config.tasks)})"
-        )
-        if not (args.csv or args.abaw2 or args.annotate):
-            raise InputError(f"{why}; use a model with the va task, or ask for --csv")
-        logger.warning("%s; the plot is not written", why)
-        plot = None
     _quiet_opencv(args.verbose)
     predictor = predictor_from_args(args, model, progress=False)
     selection: dict[str, Any] = {
@@ -143,18 +139,12 @@ def run(args: argparse.Namespace) -> int:
         if where
     ]
     if plot:
-        import numpy as np
+        from affectfpn.video import plot_timeline
 
-        from affectfpn.video import plot_va
-
-        if np.isnan(result.va).all():
-            logger.warning(
-                "%s: no face with valence/arousal was found; --plot %s not written",
-                args.video,
-                plot,
-            )
+        if result.face_id.size == 0:
+            logger.warning("%s: no face was found; --plot %s not written", args.video, plot)
         else:
-            plot_va(result, plot)
+            plot_timeline(result, plot)
             written.append(f"plot {plot}")
     done = ", ".join(written) if written else "no file written"
     _note(args, f"{len(result)} frame(s) of {args.video}: {done}")

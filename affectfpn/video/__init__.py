@@ -55,7 +55,8 @@ Outputs
 * :func:`write_annotated_video` -- boxes, expression, VA and active AUs drawn on each frame
   (:func:`affectfpn.inference.draw`), encoded with ``cv2.VideoWriter``. The predictions never
   hold images: ask ``predict_video(..., return_frames=True)`` for ``(frame, rgb)`` pairs.
-* :func:`plot_va` -- valence and arousal over time (needs the ``plot`` extra, matplotlib).
+* :func:`plot_timeline` -- one face's expressions, active AUs (and valence/arousal) over time;
+  :func:`plot_va` -- valence and arousal of every face (both need the ``plot`` extra).
 
 Example:
     >>> from affectfpn import AffectFPN
@@ -99,6 +100,7 @@ from affectfpn.video.writers import (
     VideoSink,
     frame_of,
     iterate,
+    plot_timeline,
     plot_va,
     video_table_columns,
 )
@@ -117,6 +119,7 @@ __all__ = [
     "VideoStream",
     "analyze_video",
     "main_face",
+    "plot_timeline",
     "plot_va",
     "predict_video",
     "smooth_frames",
@@ -702,8 +705,9 @@ def analyze_video(
         video_name: Their file name (default: the video file's name without extension, or
             ``"video"`` for a capture).
         annotated_path: Where to write the annotated video.
-        plot_path: Where to save the VA plot (needs matplotlib; skipped with a warning when no
-            frame has a face with valence/arousal).
+        plot_path: Where to save the main face's timeline (:func:`plot_timeline`: expressions,
+            active AUs, valence/arousal when the model has them; needs matplotlib; skipped with
+            a warning when no face was found).
         collect: Return a :class:`VideoResult` (compact arrays, about 100 bytes per face and
             frame); ``False`` returns ``None`` and keeps nothing (a plot still keeps the
             compact arrays until it is drawn).
@@ -767,8 +771,8 @@ def analyze_video(
             sink.close()
     result = None if collector is None else collector.result()
     if plot_path is not None and result is not None:
-        if np.isnan(result.va).all():
-            logger.warning("%s: no valence/arousal to plot; %s not written", info.source, plot_path)
+        if result.face_id.size == 0:
+            logger.warning("%s: no face to plot; %s not written", info.source, plot_path)
         else:
-            plot_va(result, plot_path)
+            plot_timeline(result, plot_path)
     return result if collect else None

@@ -32,6 +32,7 @@ __all__ = [
     "CsvSink",
     "VideoSink",
     "frame_of",
+    "plot_timeline",
     "plot_va",
     "video_table_columns",
 ]
@@ -412,6 +413,93 @@ def plot_va(
     if len(shown) > 1:
         axes[0].legend(loc="upper right", fontsize="small", ncol=min(4, len(shown)))
     figure.suptitle(title if title is not None else (name or "valence and arousal"))
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    return out
+
+
+def plot_timeline(
+    result: VideoResult,
+    path: str | os.PathLike[str],
+    *,
+    face_id: int | None = None,
+    title: str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Plot one face's predictions over time, for a model of any tasks: its expression
+    probabilities (one line each), the action units active in each frame (a raster), and
+    valence/arousal when the model predicts them.
+
+    Args:
+        result: A :class:`~affectfpn.video.VideoResult` (``analyze_video``).
+        path: Output image; the format follows the extension (``.png``, ``.pdf``, ``.svg``...).
+        face_id: The track to plot (default: the track seen in most frames).
+        title: Figure title (default: the video's name and the track).
+        dpi: Resolution of raster formats.
+
+    Raises:
+        MissingExtraError: matplotlib is not installed (``pip install 'affectfpn[plot]'``).
+        InputError: no face in the video, or no such ``face_id``.
+    """
+    require_extra("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not isinstance(result, VideoResult):
+        raise InputError(f"plot_timeline needs a VideoResult, got {type(result).__name__}")
+    if result.face_id.size == 0:
+        raise InputError(f"nothing to plot: no face was found in {result.info.source}")
+    if face_id is None:
+        ids, counts = np.unique(result.face_id, return_counts=True)
+        face_id = int(ids[np.argmax(counts)])
+    rows = np.flatnonzero(result.face_id == face_id)
+    if rows.size == 0:
+        raise InputError(f"no face_id {face_id}; the tracks are {list(result.track_ids)}")
+    times = result.timestamp[result.face_frame[rows]]
+    expression = result.expression[rows]
+    aus = result.au[rows]
+    va = result.va[rows]
+    panels = [
+        name
+        for name, values in (("expression", expression), ("au", aus), ("va", va))
+        if values.size and not np.isnan(values).all()
+    ]
+    if not panels:
+        raise InputError(f"face {face_id} has no prediction to plot")
+    heights = {"expression": 3.0, "au": 0.4 + 0.35 * max(len(result.action_units), 1), "va": 2.0}
+    figure = Figure(
+        figsize=(10, 1.2 + sum(heights[p] for p in panels)), dpi=dpi, layout="constrained"
+    )
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(
+        len(panels), 1, sharex=True, squeeze=False, height_ratios=[heights[p] for p in panels]
+    )[:, 0]
+    for axis, panel in zip(axes, panels, strict=True):
+        if panel == "expression":
+            for column, name in enumerate(result.expressions):
+                axis.plot(times, expression[:, column], linewidth=1.2, label=name)
+            axis.set_ylim(-0.02, 1.02)
+            axis.set_ylabel("probability")
+            axis.legend(loc="upper right", fontsize="small", ncol=min(4, len(result.expressions)))
+        elif panel == "au":
+            active = aus >= result.au_threshold
+            for column, _ in enumerate(result.action_units):
+                on = times[active[:, column]]
+                axis.plot(on, np.full(on.shape, column), "|", markersize=9, color="tab:blue")
+            axis.set_yticks(range(len(result.action_units)), list(result.action_units))
+            axis.set_ylim(-0.7, len(result.action_units) - 0.3)
+            axis.set_ylabel(f"active (p >= {result.au_threshold:g})", fontsize="small")
+        else:
+            axis.plot(times, va[:, 0], linewidth=1.2, label="valence")
+            axis.plot(times, va[:, 1], linewidth=1.2, label="arousal")
+            axis.axhline(0.0, color="0.6", linewidth=0.8)
+            axis.set_ylim(-1.05, 1.05)
+            axis.legend(loc="upper right", fontsize="small")
+        axis.grid(alpha=0.3)
+    axes[-1].set_xlabel("time (s)")
+    name = Path(result.info.source).name
+    figure.suptitle(title if title is not None else f"{name}: face {face_id}")
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out)
