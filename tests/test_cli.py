@@ -700,3 +700,38 @@ def test_commands_that_need_no_model_do_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout
     assert "LOADED []" in out, out[-500:]
+
+
+def test_a_folder_run_finishes_lists_its_failures_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user with thousands of files: one damaged file costs one row, not the table. Every
+    good result is written, each failed input is listed beside the table, one summary line says
+    how many, and the exit status (4) says that something failed."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = Path(__file__).resolve().parents[1] / "examples" / "images" / "single_face.jpg"
+    shutil.copy(photo, folder / "a.jpg")
+    shutil.copy(photo, folder / "c.jpg")
+    (folder / "b.jpg").write_bytes(b"")  # empty
+    (folder / "d.jpg").write_bytes(photo.read_bytes()[:400])  # truncated
+    out = tmp_path / "faces.csv"
+    code, _, err = _run(capsys, "predict", str(folder), "-o", str(out))
+    assert code == 4, err
+    rows = list(csv.DictReader(out.open()))
+    assert sorted({Path(r["source"]).name for r in rows}) == ["a.jpg", "c.jpg"]
+    failed = list(csv.DictReader((tmp_path / "faces.csv.errors.csv").open()))
+    assert [Path(r["source"]).name for r in failed] == ["b.jpg", "d.jpg"]
+    assert all(r["error"] for r in failed)
+    summary = [line for line in err.splitlines() if "could not be read" in line]
+    assert len(summary) == 1
+    assert "2 of 4" in summary[0]
+    # each warning names the path once
+    assert all(line.count("b.jpg") <= 1 for line in err.splitlines())
+    # one file that cannot be read stops as before; --on-error raise stops a folder too
+    code, _, err = _run(capsys, "predict", str(folder / "b.jpg"))
+    assert code == 1
+    code, _, err = _run(capsys, "predict", str(folder), "--on-error", "raise", "-o", str(out))
+    assert code == 1

@@ -27,6 +27,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 #: Exit status of an unexpected exception (a bug).
 EXIT_INTERNAL = 3
+#: Exit status of a run that finished but skipped inputs it could not read (listed).
+EXIT_PARTIAL = 4
 #: Exit status after Ctrl-C.
 EXIT_INTERRUPTED = 130
 

@@ -10,6 +10,7 @@ from typing import Any
 from affectfpn.cli._common import (
     _FORMATS,
     EXIT_OK,
+    EXIT_PARTIAL,
     Command,
     _check_inputs,
     _format_table,
@@ -61,9 +62,17 @@ def add_parser(command: Command) -> None:
     )
     p.add_argument("-r", "--recursive", action="store_true", help="search folders recursively")
     p.add_argument(
+        "--on-error",
+        choices=("skip", "raise"),
+        default=None,
+        help="an unreadable input: 'skip' it (listed at the end, with FILE.errors.csv beside "
+        "--output, exit status 4) or 'raise' (stop at it). Default: skip when the inputs are "
+        "a folder, a glob or several files; raise for one file",
+    )
+    p.add_argument(
         "--skip-errors",
         action="store_true",
-        help="skip unreadable images with a warning instead of stopping",
+        help="the same as --on-error skip",
     )
     p.set_defaults(handler=run)
 
@@ -127,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         args,
         model,
         progress=False if args.quiet else None,
-        on_error="skip" if args.skip_errors else "raise",
+        on_error=_on_error(args),
         recursive=args.recursive,
     )
     results: Iterator[Any] = predictor.predict_iter(list(args.inputs))
@@ -154,7 +163,52 @@ def run(args: argparse.Namespace) -> int:
     logger.info("%d face(s) in %d image(s)%s%s", faces, images, where, annotated)
     if args.output:
         _note(args, f"{faces} face(s) in {images} image(s) written to {args.output}{annotated}")
+    if predictor.failures:
+        return _report_failures(args, predictor.failures, images)
     return EXIT_OK
+
+
+def _on_error(args: argparse.Namespace) -> str:
+    """skip for a batch (a folder, a glob or several inputs), raise for one file, unless set."""
+    if args.skip_errors:
+        return "skip"
+    if args.on_error is not None:
+        return str(args.on_error)
+    inputs = list(args.inputs)
+    single = len(inputs) == 1 and Path(inputs[0]).expanduser().is_file()
+    return "raise" if single else "skip"
+
+
+def _report_failures(args: argparse.Namespace, failures: list[tuple[str, str]], done: int) -> int:
+    """List the skipped inputs (beside --output as FILE.errors.csv, else on stderr) and say so
+    in one line; the exit status says that something failed."""
+    import csv
+    import sys
+
+    listed = "below"
+    if args.output:
+        from affectfpn.io import atomic_write
+
+        side = Path(args.output).expanduser()
+        side = side.with_name(side.name + ".errors.csv")
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["source", "error"])
+                writer.writerows(failures)
+
+        atomic_write(side, write)
+        listed = f"in {side}"
+    else:
+        for source, message in failures:
+            sys.stderr.write(f"  failed: {source}: {message}\n")
+    total = done + len(failures)
+    sys.stderr.write(
+        f"affectfpn: {len(failures)} of {total} input(s) could not be read and were skipped "
+        f"(listed {listed}); the other {done} are in the results\n"
+    )
+    return EXIT_PARTIAL
 
 
 def _write_parquet(results: Iterator[Any], output: str | None) -> None:

@@ -404,6 +404,9 @@ class Predictor:
             )
         self.faces = _check_choice("faces", faces, FACE_MODES)
         self.on_error = _check_choice("on_error", on_error, ON_ERROR)
+        #: ``(source, error message)`` of every input skipped (``on_error="skip"``), in order;
+        #: cleared when a new prediction run starts.
+        self.failures: list[tuple[str, str]] = []
         self.batch_size = _check_positive_int("batch_size", batch_size, low=1)
         if num_workers is not None:
             _check_positive_int("num_workers", num_workers, low=0)
@@ -618,6 +621,7 @@ class Predictor:
         total: int | None = None,
         strict: bool = False,
     ) -> Iterator[ImagePrediction]:
+        self.failures = []
         workers = self.num_workers
         if self.encoded_num_workers != workers:
             first = next(named, None)
@@ -656,7 +660,12 @@ class Predictor:
                             bar.update(1)
                             yield self._finish(pending.popleft())
                         raise prepared.error
-                    logger.warning("skipping %s: %s", prepared.source, prepared.error)
+                    message = str(prepared.error)
+                    self.failures.append((prepared.source, message))
+                    if prepared.source in message:  # the message names the input already
+                        logger.warning("skipped: %s", message)
+                    else:
+                        logger.warning("skipped %s: %s", prepared.source, message)
                     continue
                 count = len(prepared.crops)
                 record = _Pending(prepared, [None] * count, [None] * count, [None] * count, count)
