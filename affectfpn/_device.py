@@ -40,6 +40,24 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+#: The one vocabulary of mixed precision, for prediction, evaluation and training.
+AMP_MODES: tuple[str, ...] = ("auto", "on", "off", "bf16", "fp16")
+
+
+def amp_mode(value: object, *, name: str = "amp") -> str:
+    """``value`` as one of :data:`AMP_MODES` (``True``/``False``/``None``, the older spelling
+    of prediction, become ``"on"``/``"off"``/``"auto"``); anything else is a ConfigError."""
+    from affectfpn.errors import ConfigError
+
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str) and value in AMP_MODES:
+        return value
+    raise ConfigError(f"{name} {value!r} is not one of {', '.join(AMP_MODES)}")
+
+
 def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``device``, or ``None`` for float32: the one AMP policy.
 
@@ -47,6 +65,7 @@ def amp_dtype(device: torch.device, mode: str = "auto") -> torch.dtype | None:
     same on CUDA, and also bfloat16 on the CPU and float16 elsewhere (MPS). ``"off"``: none.
     ``"fp16"`` / ``"bf16"``: that dtype on any device.
     """
+    mode = amp_mode(mode)
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
     if mode == "fp16":

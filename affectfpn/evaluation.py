@@ -29,7 +29,7 @@ from typing import Any, TypeAlias
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from affectfpn._device import amp_dtype, autocast, resolve_device
+from affectfpn._device import amp_dtype, amp_mode, autocast, resolve_device
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, DatasetError, InputError
@@ -583,6 +583,7 @@ def evaluate(
     model_name: str | None = None,
     model_revision: str | None = None,
     reliability: str | os.PathLike[str] | None = None,
+    amp: str = "auto",
 ) -> EvaluationReport:
     """Score ``model`` on a labelled dataset with the ABAW2 metrics.
 
@@ -611,6 +612,8 @@ def evaluate(
             For a dataset object they are matched against its sample keys.
         model_name: the model's registry name, Hub repo id or folder, for the report.
         model_revision: the weights' revision, for the report.
+        amp: mixed precision, one of ``"auto"`` (on CUDA only), ``"on"``, ``"off"``,
+            ``"bf16"``, ``"fp16"``: the vocabulary of prediction and training.
         reliability: write a reliability diagram of the expression probabilities here (PNG;
             needs matplotlib). The expected calibration error (15 equal-width bins of
             top-class confidence, at the model's ``expression_temperature``) is in the
@@ -645,7 +648,7 @@ def evaluate(
         raise InputError(f"dataset {description} has no samples to evaluate")
 
     dev = resolve_device(device)
-    amp = amp_dtype(dev)
+    amp_type = amp_dtype(dev, amp_mode(amp))
     align = _align(config)
     meter_tasks = [t for t in config.tasks if t != "au" or align.unit_names]
     meter = (
@@ -673,6 +676,7 @@ def evaluate(
         num_workers=num_workers,
         progress=progress,
         total=n_total,
+        amp=amp,
     )
     for batch, out in outputs:
         seen += int(batch["image"].shape[0])
@@ -738,7 +742,7 @@ def evaluate(
         seconds=seconds,
         images_per_second=seen / seconds if seconds > 0 else 0.0,
         device=str(dev),
-        amp=None if amp is None else str(amp).removeprefix("torch."),
+        amp=None if amp_type is None else str(amp_type).removeprefix("torch."),
         batch_size=batch_size,
         au_threshold=float(au_threshold),
         affectfpn_version=__version__,
@@ -759,6 +763,7 @@ def model_outputs(
     num_workers: int = 0,
     progress: bool = False,
     total: int | None = None,
+    amp: str = "auto",
 ) -> Iterator[tuple[dict[str, Any], AffectFPNOutput]]:
     """Run ``model`` over a dataset of samples: ``(batch, output)`` for each batch, in order.
 
@@ -772,6 +777,7 @@ def model_outputs(
         num_workers=num_workers,
         progress=progress,
         total=total,
+        amp=amp,
     ):
         yield batch, outputs["model"]
 
@@ -785,6 +791,7 @@ def models_outputs(
     num_workers: int = 0,
     progress: bool = False,
     total: int | None = None,
+    amp: str = "auto",
 ) -> Iterator[tuple[dict[str, Any], dict[str, AffectFPNOutput]]]:
     """Run several models over a dataset in one pass: ``(batch, {name: output})`` per batch.
 
@@ -792,11 +799,12 @@ def models_outputs(
     recipe read the data once) and distillation: uint8 images at the models' input size
     (samples from :func:`affectfpn.preprocess.eval_transform`; every model must share it) are
     moved to ``device``, normalised there for each model and run under
-    ``torch.inference_mode()`` with the package's AMP policy (bfloat16, else float16 autocast on
-    CUDA; none on the CPU). The models are in eval mode on ``device`` while the iterator runs
-    and go back to their devices and modes when it is exhausted or closed. The batch is the
-    collated samples, left on the CPU. (The trainer's validation is the other loop: it shards
-    the data across DDP ranks and merges the meters.)
+    ``torch.inference_mode()`` with mixed precision ``amp`` (the package's one vocabulary:
+    ``"auto"``, the default, is bfloat16, else float16 autocast on CUDA and none on the CPU;
+    ``"on"``, ``"off"``, ``"bf16"``, ``"fp16"``). The models are in eval mode on ``device``
+    while the iterator runs and go back to their devices and modes when it is exhausted or
+    closed. The batch is the collated samples, left on the CPU. (The trainer's validation is
+    the other loop: it shards the data across DDP ranks and merges the meters.)
 
     Raises:
         ConfigError: no model, or models with different input sizes.
@@ -812,7 +820,7 @@ def models_outputs(
         )
     first_config = next(iter(configs.values()))
     dev = resolve_device(device)
-    amp = amp_dtype(dev)
+    amp_type = amp_dtype(dev, amp_mode(amp))
     loader = DataLoader(
         data,
         batch_size=batch_size,
@@ -830,7 +838,7 @@ def models_outputs(
             model.to(dev).eval()
         for batch in _batches(loader, n, progress):
             images = _check_images(batch.get("image"), first_config).to(dev, non_blocking=True)
-            with torch.inference_mode(), autocast(dev, amp):
+            with torch.inference_mode(), autocast(dev, amp_type):
                 outputs = {
                     name: model(normalize(images, configs[name])) for name, model in models.items()
                 }

@@ -280,10 +280,10 @@ def test_model_in_training_mode_predicts_as_in_eval_mode_and_stays_in_training()
 
 
 def test_mixed_precision_stays_close_to_float32(model: AffectFPN) -> None:
-    # amp=True on the CPU runs the autocast path that CUDA uses by default (here bfloat16)
+    # amp="on" on the CPU runs the autocast path that CUDA uses by default (here bfloat16)
     images = _random_images(2, seed=5)
     exact = predict(model, images, faces="crop")
-    mixed = predict(model, images, faces="crop", amp=True)
+    mixed = predict(model, images, faces="crop", amp="on")
     np.testing.assert_allclose(_values(mixed), _values(exact), atol=0.02)
     assert predict(model, [], faces="crop") == []
 
@@ -710,3 +710,30 @@ def test_faces_are_framed_as_the_model_config_says() -> None:
         (detection,) = _Landmarked().detect(image)
         expected = align_face(image, detection, (48, 48), margin=margin, shift=shift)
         np.testing.assert_array_equal(prepared.crops[0], expected)
+
+
+def test_one_amp_vocabulary_for_predict_evaluate_and_training() -> None:
+    """auto | on | off | bf16 | fp16 everywhere, "auto" decided only by _device.amp_dtype;
+    prediction's older True/False/None still mean on/off/auto."""
+    import torch
+
+    from affectfpn._device import AMP_MODES, amp_dtype
+    from affectfpn.errors import ConfigError
+    from affectfpn.inference import Predictor
+    from affectfpn.recipes.trainer import TrainSettings
+
+    model = AffectFPN(AffectFPNConfig(fpn_width=8, input_size=(32, 32)))
+    cpu = torch.device("cpu")
+    for mode in AMP_MODES:
+        predictor = Predictor(model, faces="crop", device="cpu", amp=mode)
+        assert predictor.amp_dtype == amp_dtype(cpu, mode)
+        assert TrainSettings(amp=mode).amp == mode
+    assert Predictor(model, faces="crop", device="cpu", amp=True).amp_dtype == torch.bfloat16
+    assert Predictor(model, faces="crop", device="cpu", amp=None).amp_dtype is None
+    assert amp_dtype(cpu, "auto") is None
+    assert amp_dtype(cpu, "fp16") == torch.float16
+    for bad in ("yes", 1):
+        with pytest.raises(ConfigError, match="auto, on, off, bf16, fp16"):
+            Predictor(model, faces="crop", device="cpu", amp=bad)
+        with pytest.raises(ConfigError):
+            TrainSettings(amp=bad)

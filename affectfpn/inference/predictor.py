@@ -45,7 +45,7 @@ from torch import nn
 from tqdm import tqdm
 from typing_extensions import Unpack
 
-from affectfpn._device import amp_dtype, autocast, resolve_device
+from affectfpn._device import amp_dtype, amp_mode, autocast, resolve_device
 from affectfpn.config import AffectFPNConfig
 from affectfpn.errors import ConfigError, InferenceError, InputError
 from affectfpn.inference.align import alignment_scale, alignment_transform, warp_face
@@ -356,8 +356,10 @@ class Predictor:
             kind of image) always raise, and so does a single input that fails (there is no
             list to leave it out of).
         recursive: Directories are searched recursively (and ``**`` works in glob patterns).
-        amp: Mixed precision: ``None`` (default) enables it on CUDA only (bfloat16 where
-            supported, else float16); ``True``/``False`` force it on or off.
+        amp: Mixed precision, one of ``"auto"`` (the default: on CUDA only, bfloat16 where
+            supported, else float16), ``"on"``, ``"off"``, ``"bf16"``, ``"fp16"``: the values
+            of training and evaluation, decided by :func:`affectfpn._device.amp_dtype`.
+            ``None``/``True``/``False`` still mean ``"auto"``/``"on"``/``"off"``.
         compile_model: Run the model through ``torch.compile`` (dynamic batch size). The first
             batch pays the compilation (minutes on a CPU); worth it for long runs.
 
@@ -393,7 +395,7 @@ class Predictor:
         num_workers: int | None = None,
         on_error: str = "raise",
         recursive: bool = False,
-        amp: bool | None = None,
+        amp: str | bool | None = "auto",
         compile_model: bool = False,
     ) -> None:
         config = getattr(model, "config", None)
@@ -453,14 +455,14 @@ class Predictor:
         self.encoded_num_workers = self.num_workers
         if num_workers is None and self.detector is not None and self.device.type == "cpu":
             self.encoded_num_workers = max(self.num_workers, min(4, _available_cores()))
-        use_amp = self.device.type == "cuda" if amp is None else bool(amp)
+        self.amp = amp_mode(amp)
         if not isinstance(compile_model, bool):
             raise ConfigError(f"compile_model must be True or False, got {compile_model!r}")
         # compiled lazily: torch.compile only wraps here, the first call compiles
         self._forward: Callable[[torch.Tensor], Any] = (
             torch.compile(self.model, dynamic=True) if compile_model else self.model
         )
-        self.amp_dtype: torch.dtype | None = amp_dtype(self.device, "on" if use_amp else "off")
+        self.amp_dtype: torch.dtype | None = amp_dtype(self.device, self.amp)
         self._channels_last = _wants_channels_last(self.device)
         self._pin = self.device.type == "cuda"
         # An AffectFPN runs as a copy with BatchNorm folded into the convolutions (the same
@@ -844,7 +846,7 @@ class PredictOptions(TypedDict, total=False):
     num_workers: int | None
     on_error: str
     recursive: bool
-    amp: bool | None
+    amp: str | bool | None
     compile_model: bool
 
 

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from affectfpn._device import amp_dtype, autocast, resolve_device
+from affectfpn._device import amp_dtype, amp_mode, autocast, resolve_device
 from affectfpn.errors import AffectFPNError, ConfigError
 from affectfpn.io import atomic_open, atomic_write
 from affectfpn.labels import ACTION_UNITS, TASKS
@@ -175,8 +175,7 @@ class TrainSettings:
             self.cycles = [int(c) for c in cycles]
         elif self.cycles is not None:
             raise ConfigError("train.cycles is only used with schedule = 'cosine_restarts'")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ConfigError(f"train.amp {self.amp!r} is not auto, bf16, fp16 or off")
+        self.amp = amp_mode(self.amp, name="train.amp")
         if not 0 < self.epoch_fraction <= 1:
             raise ConfigError("train.epoch_fraction must be in (0, 1]")
         for name in ("epochs", "batch_size", "eval_every"):
