@@ -12,14 +12,14 @@ which expression wins, so accuracy and F1 are untouched.
 calibrated model is just a saved model: :class:`~affectfpn.inference.Predictor` and
 :func:`~affectfpn.evaluation.evaluate` apply it. :func:`fit_temperature` finds it from
 ``(logits, labels)`` of one or more validation sets, each weighing the same (so a small
-in-the-wild set counts as much as a large lab set); :func:`calibrate` does it for a model and
-datasets; ``affectfpn calibrate`` on the command line.
+in-the-wild set counts as much as a large lab set); :func:`affectfpn.evaluation.calibrate`
+does it for a model and datasets; ``affectfpn calibrate`` on the command line.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +108,8 @@ def expected_calibration_error(
     return reliability(probabilities, labels, bins=bins).ece
 
 
-def _nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)``."""
     return float(F.cross_entropy(logits / temperature, labels))
 
 
@@ -145,7 +146,7 @@ def fit_temperature(
 
     def loss(log_t: float) -> float:
         t = math.exp(log_t)
-        return sum(_nll(x, y, t) for x, y in clean) / len(clean)
+        return sum(nll(x, y, t) for x, y in clean) / len(clean)
 
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     ratio = (math.sqrt(5) - 1) / 2
@@ -162,62 +163,6 @@ def fit_temperature(
             d = a + ratio * (b - a)
             fd = loss(d)
     return float(math.exp((a + b) / 2))
-
-
-def expression_logits(
-    model: Any, dataset: Any, *, batch_size: int = 64, device: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's raw expression logits (float32, the model's class order) and the labels of
-    the samples of ``dataset`` that carry an expression label."""
-    from affectfpn.evaluation import model_outputs
-
-    if "expression" not in model.config.tasks:
-        raise InputError("the model has no expression head to calibrate")
-    logits: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    for batch, out in model_outputs(model, dataset, batch_size=batch_size, device=device):
-        mask = torch.as_tensor(batch["expression_mask"]).bool()
-        if out.expression is None or not mask.any():
-            continue
-        logits.append(out.expression.float().cpu()[mask])
-        labels.append(torch.as_tensor(batch["expression"])[mask].long())
-    if not logits:
-        raise InputError("the data holds no expression label to calibrate on")
-    return torch.cat(logits), torch.cat(labels)
-
-
-def calibrate(
-    model: Any,
-    datasets: Mapping[str, Any],
-    *,
-    batch_size: int = 64,
-    device: str | None = None,
-) -> tuple[float, dict[str, dict[str, float]]]:
-    """Fit the expression temperature of ``model`` on ``{name: dataset}`` (validation data).
-
-    The model is not changed: save ``model.config.replace(expression_temperature=T)`` with
-    its weights (``affectfpn calibrate`` does).
-
-    Returns:
-        ``(T, {name: {"ece_before", "ece_after", "nll_before", "nll_after", "samples"}})``,
-        where "before" is the model's current temperature.
-    """
-    sets = {
-        name: expression_logits(model, data, batch_size=batch_size, device=device)
-        for name, data in datasets.items()
-    }
-    temperature = fit_temperature(list(sets.values()))
-    current = float(model.config.expression_temperature)
-    report: dict[str, dict[str, float]] = {}
-    for name, (x, y) in sets.items():
-        report[name] = {
-            "samples": float(len(y)),
-            "ece_before": expected_calibration_error((x / current).softmax(1), y),
-            "ece_after": expected_calibration_error((x / temperature).softmax(1), y),
-            "nll_before": _nll(x, y, current),
-            "nll_after": _nll(x, y, temperature),
-        }
-    return temperature, report
 
 
 def plot_reliability(

@@ -285,10 +285,6 @@ def _read_exclude(exclude: ExcludeSpec) -> list[str]:
     return [normalize_relpath(str(p), file="exclude", line=None) for p in exclude]
 
 
-def _is_affwild2_root(path: Path) -> bool:
-    return (path / "annotations").is_dir() and (path / "cropped_aligned").is_dir()
-
-
 def build_eval_dataset(
     spec: str | os.PathLike[str],
     config: AffectFPNConfig,
@@ -297,7 +293,8 @@ def build_eval_dataset(
 ) -> Dataset[dict[str, Any]]:
     """Turn a path into an evaluation dataset whose images fit a model's input.
 
-    The kind of data is recognised from the path:
+    The kind of data is recognised from the path (:func:`affectfpn.data.spec_for_path`, the
+    one registry of dataset kinds that recipes use too):
 
     * a folder with ``annotations/`` and ``cropped_aligned/`` sub-folders: Aff-Wild2 (ABAW2
       layout), its **validation** split, as one multi-task dataset
@@ -323,47 +320,32 @@ def build_eval_dataset(
         InputError: a path that does not exist or is not one of the kinds above.
         DatasetError: malformed data (from the dataset classes).
     """
-    from affectfpn.data import AffWild2MultiTask, ImageFolderExpressions, LabelCSV
+    from affectfpn.data import dataset_types, spec_for_path
 
-    path = Path(spec)
+    table = spec_for_path(spec, what="dataset")
+    kind = table.pop("type")
     transform = eval_transform(config)
     excluded = None if exclude is None else _read_exclude(exclude)
     dataset: Dataset[dict[str, Any]]
-    if path.is_dir() and _is_affwild2_root(path):
-        ann = path / "annotations"
+    if kind == "affwild2-multitask":
+        root = Path(table["root"])
+        ann = root / "annotations"
         folders = {"va": "VA_Set", "expression": "EXPR_Set", "au": "AU_Set"}
         tasks = [t for t in config.tasks if (ann / folders[t] / "Validation_Set").is_dir()]
         if not tasks:
             raise DatasetError(
-                f"Aff-Wild2 root {os.fspath(path)!r} has no Validation_Set annotations for the "
+                f"Aff-Wild2 root {table['root']!r} has no Validation_Set annotations for the "
                 f"model's tasks {list(config.tasks)} (expected annotations/"
                 f"{{{','.join(folders[t] for t in config.tasks)}}}/Validation_Set/)"
             )
-        dataset = AffWild2MultiTask(
-            path, "validation", tasks, drop_unlabelled=True, transform=transform
-        )
-        if excluded is not None:
-            dataset = _exclude_by_key(dataset, excluded)
-        return dataset
-    if path.is_file() and path.suffix.lower() == ".csv":
-        dataset = LabelCSV(path, transform=transform)
-        if excluded is not None:
-            dataset = _exclude_by_key(dataset, excluded)
-        return dataset
-    if path.is_dir() and (path / "annotations").is_dir():
-        raise InputError(
-            f"{os.fspath(path)!r} has annotations/ but no cropped_aligned/ image folder, so it is "
-            "not read as Aff-Wild2; for other image folders build the dataset yourself: "
-            "AffWild2MultiTask(root, 'validation', images=..., transform=eval_transform(config))"
-        )
-    if path.is_dir():
-        return ImageFolderExpressions(path, exclude=excluded, transform=transform)
-    if path.exists():
-        raise InputError(
-            f"dataset {os.fspath(path)!r} is a file but not a .csv; pass a folder of expression "
-            "class folders, an Aff-Wild2 root or a label CSV"
-        )
-    raise InputError(f"dataset {os.fspath(path)!r} does not exist; check the path")
+        table.update(tasks=tasks, drop_unlabelled=True)
+    elif kind == "imagefolder" and excluded is not None:
+        table["exclude"] = excluded
+        excluded = None  # the folder dataset reads the paths itself
+    dataset = dataset_types()[kind](**table, transform=transform)
+    if excluded is not None:
+        dataset = _exclude_by_key(dataset, excluded)
+    return dataset
 
 
 def _dataset_keys(dataset: Dataset[Any]) -> list[str] | None:
@@ -910,3 +892,60 @@ def _task_metrics(
         out["labelled_per_unit"] = [int(v) for v in counts.sum(axis=1)]
         out["threshold"] = threshold
     return out
+
+
+# ----------------------------------------------------------------------------- calibration
+def expression_logits(
+    model: Any, dataset: Any, *, batch_size: int = 64, device: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's raw expression logits (float32, the model's class order) and the labels of
+    the samples of ``dataset`` that carry an expression label."""
+    if "expression" not in model.config.tasks:
+        raise InputError("the model has no expression head to calibrate")
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    for batch, out in model_outputs(model, dataset, batch_size=batch_size, device=device):
+        mask = torch.as_tensor(batch["expression_mask"]).bool()
+        if out.expression is None or not mask.any():
+            continue
+        logits.append(out.expression.float().cpu()[mask])
+        labels.append(torch.as_tensor(batch["expression"])[mask].long())
+    if not logits:
+        raise InputError("the data holds no expression label to calibrate on")
+    return torch.cat(logits), torch.cat(labels)
+
+
+def calibrate(
+    model: Any,
+    datasets: Mapping[str, Any],
+    *,
+    batch_size: int = 64,
+    device: str | None = None,
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """Fit the expression temperature of ``model`` on ``{name: dataset}`` (validation data).
+
+    The model is not changed: save ``model.config.replace(expression_temperature=T)`` with
+    its weights (``affectfpn calibrate`` does).
+
+    Returns:
+        ``(T, {name: {"ece_before", "ece_after", "nll_before", "nll_after", "samples"}})``,
+        where "before" is the model's current temperature.
+    """
+    sets = {
+        name: expression_logits(model, data, batch_size=batch_size, device=device)
+        for name, data in datasets.items()
+    }
+    from affectfpn.calibration import expected_calibration_error, fit_temperature, nll
+
+    temperature = fit_temperature(list(sets.values()))
+    current = float(model.config.expression_temperature)
+    report: dict[str, dict[str, float]] = {}
+    for name, (x, y) in sets.items():
+        report[name] = {
+            "samples": float(len(y)),
+            "ece_before": expected_calibration_error((x / current).softmax(1), y),
+            "ece_after": expected_calibration_error((x / temperature).softmax(1), y),
+            "nll_before": nll(x, y, current),
+            "nll_after": nll(x, y, temperature),
+        }
+    return temperature, report

@@ -13,14 +13,13 @@ from _fake_data import write_image_folder
 
 from affectfpn import AffectFPN, AffectFPNConfig
 from affectfpn.calibration import (
-    calibrate,
     expected_calibration_error,
     fit_temperature,
     reliability,
 )
 from affectfpn.cli import main as cli_main
 from affectfpn.errors import ConfigError, InputError
-from affectfpn.evaluation import build_eval_dataset, evaluate
+from affectfpn.evaluation import build_eval_dataset, calibrate, evaluate
 
 
 def _sampled(n: int, temperature: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

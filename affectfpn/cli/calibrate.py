@@ -40,8 +40,7 @@ def add_parser(command: Command) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from affectfpn.calibration import calibrate
-    from affectfpn.evaluation import build_eval_dataset
+    from affectfpn.evaluation import build_eval_dataset, calibrate
 
     paths = [Path(v).expanduser() for v in args.val]
     for path in paths:

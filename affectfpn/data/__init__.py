@@ -60,6 +60,7 @@ from affectfpn.data.pseudo import (
     dataset_keys,
     dataset_label_arrays,
 )
+from affectfpn.data.types import dataset_types, is_affwild2_root, spec_for_path
 
 __all__ = [
     "AFFECTNET_EXPRESSIONS",
@@ -84,7 +85,10 @@ __all__ = [
     "check_disjoint",
     "dataset_keys",
     "dataset_label_arrays",
+    "dataset_types",
     "expression_from_name",
+    "is_affwild2_root",
     "label_counts",
     "read_path_list",
+    "spec_for_path",
 ]

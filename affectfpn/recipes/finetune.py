@@ -67,15 +67,28 @@ FINETUNE_AUGMENT: dict[str, Any] = {
 
 
 def data_spec(path: str | os.PathLike[str], *, what: str = "data") -> dict[str, Any]:
-    """The dataset table for a folder of class folders or a label ``.csv``."""
+    """The dataset table for a folder of class folders or a label ``.csv``
+    (:func:`affectfpn.data.spec_for_path`; a path that does not exist yet is read as a folder,
+    which ``--check`` and the run report)."""
+    from affectfpn.data import spec_for_path
+
     p = Path(path).expanduser()
-    if p.suffix.lower() == ".csv":
-        return {"type": "csv", "csv_path": str(p)}
-    if p.exists() and not p.is_dir():
-        raise ConfigError(
-            f"{what} {str(p)!r} is neither a folder of class folders nor a .csv label table"
+    if not p.exists():
+        return (
+            {"type": "csv", "csv_path": str(p)}
+            if p.suffix.lower() == ".csv"
+            else {
+                "type": "imagefolder",
+                "root": str(p),
+            }
         )
-    return {"type": "imagefolder", "root": str(p)}
+    spec = spec_for_path(p, what=what)
+    if spec["type"] == "affwild2-multitask":
+        raise ConfigError(
+            f"{what} {str(p)!r} is an Aff-Wild2 root: train on it with "
+            "recipes/abaw2-teacher-student.toml, or list its frames in a label CSV"
+        )
+    return spec
 
 
 def finetune_recipe(

@@ -160,17 +160,11 @@ def _check_spec(spec: Mapping[str, Any], source: str) -> None:
 
 # ------------------------------------------------------------------------------------ data
 def dataset_types() -> dict[str, Any]:
-    """The dataset ``type`` names a recipe may use, and their classes."""
-    from affectfpn.recipes import datasets as ds
+    """The dataset ``type`` names a recipe may use, and their classes (the one registry,
+    :func:`affectfpn.data.dataset_types`)."""
+    from affectfpn.data import dataset_types as registry
 
-    return {
-        "imagefolder": ds.ImageFolderExpressions,
-        "csv": ds.LabelCSV,
-        "affwild2": ds.AffWild2,
-        "affwild2-multitask": ds.AffWild2MultiTask,
-        "affectnet": ds.AffectNet,
-        "expw": ds.ExpW,
-    }
+    return registry()
 
 
 def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Dataset[Any]:
