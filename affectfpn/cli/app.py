@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from affectfpn._version import __version__
 from affectfpn.cli import (
     calibrate,
+    distill,
     download,
     evaluate,
     export,
@@ -20,6 +21,7 @@ from affectfpn.cli import (
     models,
     predict,
     publish,
+    soup,
     train,
     video,
 )
@@ -94,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_parser(command)
     train.add_parser(command)
     finetune.add_parser(command)
+    distill.add_parser(command)
+    soup.add_parser(command)
     export.add_parser(command)
     publish.add_parser(command)
     models.add_parser(command)

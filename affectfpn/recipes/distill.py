@@ -24,17 +24,15 @@ written once and serves every epoch and every student.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from affectfpn.errors import AffectFPNError, ConfigError, DatasetError
+from affectfpn.errors import ConfigError, DatasetError
 from affectfpn.evaluation import build_eval_dataset, model_outputs
 from affectfpn.models.affectfpn import AffectFPN
 from affectfpn.recipes.datasets import LabelTable
@@ -118,39 +116,11 @@ def soft_expression_table(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m affectfpn.recipes.distill``: write a teacher ensemble's soft-label table."""
-    parser = argparse.ArgumentParser(
-        prog="python -m affectfpn.recipes.distill",
-        description="Soft expression labels of one or more teacher models, for distillation.",
-    )
-    parser.add_argument(
-        "--teacher",
-        action="append",
-        required=True,
-        help="a teacher: registered name, model folder or Hub repo id (repeat for an ensemble)",
-    )
-    parser.add_argument("--data", required=True, help="the student's training images")
-    parser.add_argument("--out", required=True, help="table to write (.csv or .json)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: auto)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        table = soft_expression_table(
-            args.teacher,
-            args.data,
-            temperature=args.temperature,
-            batch_size=args.batch_size,
-            device=args.device,
-        )
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        table.save(args.out)
-    except AffectFPNError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(table)} soft labels of {len(args.teacher)} teacher(s) to {args.out}")
-    return 0
+    """``python -m affectfpn.recipes.distill``: an alias of ``affectfpn distill`` (the command
+    line lives in :mod:`affectfpn.cli`; this module does not import it)."""
+    from affectfpn._alias import run_command
+
+    return run_command("distill", argv)
 
 
 if __name__ == "__main__":

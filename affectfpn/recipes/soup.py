@@ -26,11 +26,9 @@ as resuming reads it). ``--bn-data`` is an image-class folder (FER2013's layout)
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from affectfpn.config import AffectFPNConfig
-from affectfpn.errors import AffectFPNError, ConfigError
+from affectfpn.errors import ConfigError
 from affectfpn.models.affectfpn import AffectFPN
 from affectfpn.preprocess import normalize
 
@@ -209,61 +207,11 @@ def load_model_or_checkpoint(source: str) -> AffectFPN:
     return AffectFPN.from_pretrained(source)
 
 
-def _offset(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        return name, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=OFFSET such as Fear=0.3, got {text!r}"
-        ) from None
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m affectfpn.recipes.soup",
-        description="Average models, re-estimate BatchNorm statistics, shift expression logits.",
-    )
-    parser.add_argument("models", nargs="+", help="names, folders, repo ids or Trainer last.pt")
-    parser.add_argument("--out", required=True, type=Path, help="folder to save the model in")
-    parser.add_argument("--bn-data", help="un-augmented faces for the BatchNorm statistics")
-    parser.add_argument("--bn-samples", type=int, default=8192, help="faces drawn (default 8192)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the faces drawn")
-    parser.add_argument(
-        "--offset",
-        type=_offset,
-        action="append",
-        default=[],
-        metavar="NAME=OFFSET",
-        help="add OFFSET to the logit of expression NAME (repeatable)",
-    )
-    parser.add_argument("--threads", type=int, help="torch threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        models = [load_model_or_checkpoint(source) for source in args.models]
-        model = average_models(models) if len(models) > 1 else models[0]
-        if args.bn_data:
-            from affectfpn.evaluation import build_eval_dataset
+    """``python -m affectfpn.recipes.soup``: an alias of ``affectfpn soup``."""
+    from affectfpn._alias import run_command
 
-            seen = recalibrate_batchnorm(
-                model,
-                build_eval_dataset(args.bn_data, model.config),
-                samples=args.bn_samples,
-                seed=args.seed,
-            )
-            print(f"BatchNorm statistics from {seen} faces of {args.bn_data}")
-        if args.offset:
-            offset_expression_logits(model, dict(args.offset))
-        model.save_pretrained(args.out)
-    except AffectFPNError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"saved {args.out}")
-    return 0
+    return run_command("soup", argv)
 
 
 if __name__ == "__main__":
