@@ -313,7 +313,7 @@ def test_shipped_teacher_student_recipe_parses_and_opens_its_data(
         load_recipe(RECIPES / "abaw2-teacher-student.toml", ["pseudo.au_thresh=0.5"])
     with pytest.raises(ConfigError, match=r"\[teachers.va\]: unknown setting.*'datta'"):
         load_recipe(RECIPES / "abaw2-teacher-student.toml", ["teachers.va.datta.train=[]"])
-    with pytest.raises(ConfigError, match=r"\[student\] \[train\]: unknown settings.*'lrr'"):
+    with pytest.raises(ConfigError, match=r"\[student\] \[train\]: unknown setting.*'lrr'"):
         load_recipe(RECIPES / "abaw2-teacher-student.toml", ["student.train.lrr=1.0"])
 
 

@@ -299,7 +299,7 @@ def test_task_weights_and_other_settings_are_checked() -> None:
         TrainSettings(optimizer="rmsprop")
     with pytest.raises(ConfigError, match="epoch_fraction"):
         TrainSettings(epoch_fraction=0.0)
-    with pytest.raises(ConfigError, match=r"unknown settings.*'epoch'"):
+    with pytest.raises(ConfigError, match=r"unknown setting.*'epoch'"):
         TrainSettings.from_dict({"epoch": 3})
 
 

@@ -173,6 +173,11 @@ def test_check_and_run_parse_overrides_the_same_way(
         load_recipe(recipes / "finetune-custom.toml", ["model.tasks=expression,au"])
     assert main([str(recipes / "finetune-custom.toml"), *bad]) != 0
     good = ["--set", "model.tasks=['expression', 'au']", "--check"]
+    assert main([str(recipes / "finetune-custom.toml"), *good]) != 0  # --check opens the data
+    from _fake_data import write_image_folder
+
+    for split in ("train", "val"):
+        write_image_folder(tmp_path / split, {"happy": 1, "sad": 1})
     assert main([str(recipes / "finetune-custom.toml"), *good]) == 0
 
 

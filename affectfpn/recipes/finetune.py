@@ -50,7 +50,7 @@ FINETUNE_TRAIN: dict[str, Any] = {
     "distill_start": {"expression": 3.0, "au": 1.0},
     "distill_temperature": 2.0,
     "score_start": True,
-    "num_workers": 0,
+    "num_workers": "auto",
     "seed": 0,
     "select_metric": "score",
 }

@@ -72,6 +72,18 @@ class Recipe:
         """How error messages name this recipe."""
         return str(self.path) if self.path else f"recipe {self.name!r}"
 
+    @property
+    def train_settings(self) -> Any:
+        """The ``[train]`` table parsed once into
+        :class:`~affectfpn.recipes.trainer.TrainSettings` (cached; errors name the table)."""
+        cached = self.__dict__.get("_train_settings")
+        if cached is None:
+            from affectfpn.recipes.trainer import TrainSettings
+
+            cached = TrainSettings.from_dict(self.table("train"), source=f"{self.source} [train]")
+            self.__dict__["_train_settings"] = cached
+        return cached
+
 
 def check_stage_tables(tables: Mapping[str, Any], *, source: str) -> None:
     """Check the ``model``, ``data``, ``augment``, ``train`` and ``card`` tables of one stage.
@@ -335,12 +347,11 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
     ``init``.
     """
     from affectfpn.models.affectfpn import AffectFPN
-    from affectfpn.recipes.trainer import TrainSettings, seed_everything
+    from affectfpn.recipes.trainer import seed_everything
 
     # Seed first: the fresh weights (a new model, or the new heads of a fine-tuned one) are the
     # first random numbers a run draws, so that two runs of one recipe are the same run.
-    train = recipe.table("train")
-    seed_everything(int(train.get("seed", TrainSettings.seed)))
+    seed_everything(int(recipe.train_settings.seed))
     table = recipe.table("model")
     init = table.pop("init", None)
     backbone_weights = table.pop("backbone_weights", None)
@@ -430,9 +441,9 @@ def train_from_recipe(
     """
     from affectfpn.preprocess import eval_transform
     from affectfpn.recipes.augment import BatchAugment
-    from affectfpn.recipes.trainer import Trainer, TrainSettings
+    from affectfpn.recipes.trainer import Trainer
 
-    settings = TrainSettings.from_dict(recipe.table("train"), source=f"{recipe.source} [train]")
+    settings = recipe.train_settings
     teacher = None
     init = recipe.table("model").get("init")
     if settings.score_start is None:

@@ -97,6 +97,7 @@ from affectfpn.recipes.trainer import (
     TrainSettings,
     remove_stale_temporaries,
     resolve_workers,
+    settings_from_dict,
     settings_of_kind,
     training_finished,
 )
@@ -164,14 +165,7 @@ class PseudoLabelSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "pseudo") -> "PseudoLabelSettings":
         """Build from a recipe table; an unknown key is an error naming it."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"{source}: unknown setting(s) {unknown}; known: {names}")
-        try:
-            return cls(**dict(data))
-        except (TypeError, ValueError) as err:  # ConfigError included: name the source
-            raise ConfigError(f"{source}: {err}") from None
+        return settings_from_dict(cls, data, source=source)
 
 
 # --------------------------------------------------------------------------------- recipe checks
@@ -498,7 +492,7 @@ class TeacherStudent:
         )
 
     def _settings(self, recipe: Recipe) -> TrainSettings:
-        return TrainSettings.from_dict(recipe.table("train"), source=f"{recipe.source} [train]")
+        return recipe.train_settings
 
     def _config(self, recipe: Recipe) -> AffectFPNConfig:
         table = recipe.table("model")

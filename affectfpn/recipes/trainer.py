@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -61,6 +61,22 @@ START_EPOCH = -2
 
 #: The learning-rate schedules of :class:`TrainSettings`.
 SCHEDULES = ("cosine", "cosine_restarts", "constant", "step")
+
+
+_S = TypeVar("_S")
+
+
+def settings_from_dict(cls: type[_S], data: Mapping[str, Any], *, source: str) -> _S:
+    """A settings dataclass from a recipe table: every key must be a field (an unknown one is a
+    ConfigError naming it and the known ones), and every error names ``source``."""
+    names = sorted(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {unknown}; known: {names}")
+    try:
+        return cls(**dict(data))
+    except (TypeError, ValueError) as err:  # ConfigError included: name the source
+        raise ConfigError(f"{source}: {err}") from None
 
 
 #: What a training setting changes: the weights reached, the epoch kept, or only how it runs.
@@ -236,14 +252,7 @@ class TrainSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "train") -> "TrainSettings":
         """Build from a recipe table; an unknown key is an error naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{source}: unknown settings {unknown}; known: {sorted(names)}")
-        try:
-            return cls(**dict(data))
-        except (TypeError, ValueError) as err:  # ConfigError included: name the source
-            raise ConfigError(f"{source}: {err}") from None
+        return settings_from_dict(cls, data, source=source)
 
 
 # ------------------------------------------------------------------------------ distribution
