@@ -92,6 +92,19 @@ KNOWN_MISSES: dict[str, dict[str, str]] = {
         "15-f13-anc-ph.jpg": "Sadness",
         "45-m7-di-ph.jpg": "Sadness",
     },
+    # Trained on news photos too, it reads more faces as neutral: the anger face as Sadness
+    # 0.37 (Fear 0.24, Anger 0.22; negative 0.84), the closed-mouth disgust face as Neutral
+    # 0.62 (negative 0.38: below the 0.6 of the other misses, see NEGATIVE_FLOOR).
+    "fer2013-lfw-multitask-resnet18-fpn": {
+        "15-f13-anc-ph.jpg": "Sadness",
+        "45-m7-di-ph.jpg": "Neutral",
+    },
+}
+#: How negative a miss must still read (the negative expressions' total probability): 0.6,
+#: except where a model was published reading a posed face as less negative (measured then,
+#: less 0.05); a model that moves further towards neutral there fails.
+NEGATIVE_FLOOR: dict[tuple[str, str], float] = {
+    ("fer2013-lfw-multitask-resnet18-fpn", "45-m7-di-ph.jpg"): 0.33,
 }
 NEGATIVE = {"Anger", "Disgust", "Fear", "Sadness"}
 
@@ -228,7 +241,8 @@ def fer_test(shared_dir: Path) -> list[tuple[Path, str]]:
 def _by_hand(model: AffectFPN, rgb: np.ndarray) -> np.ndarray:
     """Expression probabilities computed without the library's preprocessing: one face at the
     model's input size, scaled to [0, 1], normalised with the config's mean and std, and with
-    ``test_time_flip`` the mean of the logits of two single passes (the face and its mirror)."""
+    ``test_time_flip`` the mean of the logits of two single passes (the face and its mirror),
+    divided by the config's ``expression_temperature``."""
     config = model.config
     assert rgb.shape == (*config.input_size, 3)
     x = torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1)
@@ -244,7 +258,8 @@ def _by_hand(model: AffectFPN, rgb: np.ndarray) -> np.ndarray:
             mirrored = single(x.flip(3)).expression
             assert mirrored is not None
             logits = (logits + mirrored) / 2
-    return torch.softmax(logits[0].double(), dim=0).numpy()
+    # the calibrated probabilities: softmax(logits / T), T from the config
+    return torch.softmax(logits[0].double() / config.expression_temperature, dim=0).numpy()
 
 
 def _probabilities(prediction: object) -> np.ndarray:
@@ -340,7 +355,10 @@ def test_labelled_sample_photos(
     # just the top label (on these posed faces the top two are often within 0.05).
     probabilities = prediction.faces[0].expression.probabilities  # type: ignore[union-attr]
     negative = sum(p for label_name, p in probabilities.items() if label_name in NEGATIVE)
-    assert negative >= 0.6, f"{name} gives the {expected} face in {photo} {negative:.2f} negative"
+    floor = NEGATIVE_FLOOR.get((name, photo), 0.6)
+    assert negative >= floor, (
+        f"{name} gives the {expected} face in {photo} {negative:.2f} negative (floor {floor})"
+    )
     assert label == miss, f"{name} said {miss} for {photo} when published, now {label}"
 
 
@@ -463,7 +481,7 @@ def test_lfw_subset_figures_match_the_record(
     figures = subset_figures(_model(loaded, name), lfw_test)
     _close(figures, _record(name)["lfw_subset"], f"{name} lfw-expressions subset")
     info = _info(name)
-    if "lfw-expressions-test" in info.metrics:  # a model trained for photos keeps its floors
+    if any("lfw-expressions" in d for d in info.datasets):  # trained for photos: keeps floors
         assert figures["accuracy"] >= 0.85
         assert figures["neutral_recall"] >= 0.80
 
