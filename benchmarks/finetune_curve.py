@@ -195,7 +195,12 @@ def plot(path: Path, figure: Path, tag: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(SHARED / "data" / "lfw-expressions"))
-    parser.add_argument("--init", default="", help="start model (default: the embedded default)")
+    parser.add_argument(
+        "--init",
+        default="fer2013-multitask-resnet18-fpn",
+        help="start model (default: the FER2013 default the measurements of docs/training.md "
+        "started from; it has not seen lfw-expressions)",
+    )
     parser.add_argument("--sizes", nargs="+", default=["250", "1000", "all"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tag", default="default")

@@ -426,13 +426,14 @@ def test_the_recipe_file_and_the_package_share_the_fine_tuning_defaults(
     """pip users have no recipes/ folder: the measured defaults live in the package
     (affectfpn.recipes.finetune) and the recipe file says the same."""
     from affectfpn.recipes.finetune import FINETUNE_AUGMENT, FINETUNE_TRAIN
+    from affectfpn.registry import default_model_name
 
     monkeypatch.setenv("FINETUNE_DATA", "/data/faces")
     monkeypatch.delenv("AFFECTFPN_INIT", raising=False)
     recipe = load_recipe(ROOT / "recipes" / "finetune-custom.toml")
     assert recipe.table("train") == FINETUNE_TRAIN
     assert recipe.table("augment") == FINETUNE_AUGMENT
-    assert recipe.table("model") == {"init": "fer2013-multitask-resnet18-fpn"}
+    assert recipe.table("model") == {"init": default_model_name()}  # the embedded default
 
 
 def test_finetune_command_trains_from_folders_and_keeps_the_start_heads(
