@@ -22,6 +22,7 @@ from affectfpn.cli import (
     predict,
     publish,
     soup,
+    teachers,
     train,
     video,
 )
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_parser(command)
     distill.add_parser(command)
     soup.add_parser(command)
+    teachers.add_parser(command)
     export.add_parser(command)
     publish.add_parser(command)
     models.add_parser(command)

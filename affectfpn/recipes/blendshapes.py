@@ -14,7 +14,8 @@ Run by path, it imports only the standard library, numpy, Pillow and (in the wor
 mediapipe: never torch, OpenCV or affectfpn's package. Imported as
 ``affectfpn.recipes.blendshapes`` it gives :data:`BLENDSHAPE_NAMES`, :data:`CSV_COLUMNS` and
 :func:`prepare_face` and needs no mediapipe either;
-:func:`affectfpn.recipes.external_teachers.run_blendshape_teacher` starts it as a subprocess.
+:func:`affectfpn.recipes.teachers.mediapipe_runner.run_blendshape_teacher` (``affectfpn teachers
+blendshapes``) starts it as a subprocess.
 
 Output CSV, one row per input image, in input order:
 

@@ -111,7 +111,7 @@ def publish(
             ``training``, ``limitations``.
         au_teachers: ``(label, image folder, teacher table, exclude file or None)``: the AU
             outputs scored against an external teacher's pseudo-label table
-            (:func:`~affectfpn.recipes.external_teachers.student_agreement`): per unit the ROC
+            (:func:`~affectfpn.recipes.agreement.student_agreement`): per unit the ROC
             AUC and the agreement go into the registry entry; the whole report (with each
             unit's active share per expression) into ``evaluation.json``.
     """
@@ -133,7 +133,7 @@ def publish(
         reports[label] = report.to_dict()
         logger.info("%s: %s", label, metrics[label])
     for label, root, table, exclude in au_teachers:
-        from affectfpn.recipes.external_teachers import student_agreement
+        from affectfpn.recipes.agreement import student_agreement
 
         agreement = student_agreement(model, root, table, exclude=exclude, batch_size=batch_size)
         figures: dict[str, float] = {}

@@ -214,7 +214,7 @@ def build_dataset(spec: Mapping[str, Any], *, transform: Any, source: str) -> Da
         raise ConfigError(f"{source}: bad arguments for a {kind} dataset ({err})") from None
     if pseudo is not None:
         # Labels from a teacher (a pseudo-label table written by the teacher-student pipeline
-        # or by affectfpn.recipes.external_teachers), matched by key; real labels win.
+        # or by affectfpn.recipes.teachers), matched by key; real labels win.
         from affectfpn.recipes.datasets import LabelTable, WithPseudoLabels
 
         # One table, or several joined by key (e.g. a distillation table of soft expression
