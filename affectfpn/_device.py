@@ -1,6 +1,8 @@
 """Device and mixed-precision choices shared by inference, evaluation and training."""
 
+import os
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -82,3 +84,35 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in a distributed run (``torchrun``): training and corpus jobs."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        """What ``torchrun`` says in ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; one process
+        (rank 0 of 1) where they are not set. Joins no process group."""
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            if world <= 1:
+                return cls()
+            rank = int(os.environ["RANK"])
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        except (KeyError, ValueError):
+            raise ConfigError(
+                "WORLD_SIZE is set but RANK is missing or not an integer: start the processes "
+                "with torchrun, which sets RANK, WORLD_SIZE and LOCAL_RANK"
+            ) from None
+        if not 0 <= rank < world:
+            raise ConfigError(f"RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+        return cls(rank=rank, world_size=world, local_rank=local_rank)

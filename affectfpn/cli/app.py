@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from affectfpn._version import __version__
 from affectfpn.cli import (
     calibrate,
+    corpus,
     distill,
     download,
     evaluate,
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     predict.add_parser(command)
+    corpus.add_parser(command)
     video.add_parser(command)
     evaluate.add_parser(command)
     calibrate.add_parser(command)

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from affectfpn._device import amp_dtype, amp_mode, autocast, resolve_device
+from affectfpn._device import DistInfo, amp_dtype, amp_mode, autocast, resolve_device
 from affectfpn.errors import AffectFPNError, ConfigError
 from affectfpn.io import atomic_open, atomic_write
 from affectfpn.labels import ACTION_UNITS, TASKS
@@ -256,19 +256,6 @@ class TrainSettings:
 
 
 # ------------------------------------------------------------------------------ distribution
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process stands in a distributed run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def init_distributed(device_type: str, *, timeout: datetime.timedelta | None = None) -> DistInfo:
     """Join the process group that ``torchrun`` describes in the environment (if any).
 
