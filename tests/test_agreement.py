@@ -272,3 +272,60 @@ def test_agreement_command(
             assert written["au"][unit][name] == pytest.approx(direct["au"][unit][name])
     assert written["student_active"]["AU4"]["Anger"] is None  # NaN: no angry face
     assert written["expression"]["accuracy"] == pytest.approx(direct["expression"]["accuracy"])
+
+
+def test_student_agreement_runs_on_the_evaluation_path(
+    student: Student, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``device="auto"`` works (the package's device choice), and the model runs through
+    :func:`affectfpn.evaluation.model_outputs` with the caller's device, AMP and batch size."""
+    from affectfpn import evaluation
+
+    model, root, by_hand = student
+    probs = {k: {"AU12": 0.9 if by_hand[k][0][0] > 0 else 0.1} for k in by_hand}
+    table = _teacher_table(list(by_hand), probs)
+    seen: list[dict[str, object]] = []
+    real = evaluation.model_outputs
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluation, "model_outputs", spy)
+    auto = agreement.student_agreement(model, root, table, device="auto", batch_size=3)
+    cpu = agreement.student_agreement(model, root, table, device="cpu", amp="off")
+    assert auto["au"] == cpu["au"]
+    assert auto["au"]["AU12"]["agreement"] == 1.0
+    used = [(k["device"], k["amp"], k["batch_size"]) for k in seen]
+    assert used == [("auto", "auto", 3), ("cpu", "off", 256)]
+    assert model.training
+    with pytest.raises(ConfigError, match="amp 'half'"):
+        agreement.student_agreement(model, root, table, amp="half")
+    with pytest.raises(ConfigError, match="device 'tpu'"):
+        agreement.student_agreement(model, root, table, device="tpu")
+    with pytest.raises(DatasetError, match="no image"):
+        agreement.student_agreement(model, root, table, exclude=list(by_hand))
+
+
+def test_agreement_command_fails_in_one_line(
+    student: Student, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, root, by_hand = student
+    folder = model.save_pretrained(tmp_path / "model")
+    table = tmp_path / "teacher.csv"
+    _teacher_table(list(by_hand), {k: {"AU12": 0.9} for k in by_hand}).save(table)
+    base = ["teachers", "agreement", "--model", str(folder), "--root", str(root)]
+    cases = [
+        ([*base, "--table", str(tmp_path / "none.csv")], 1, "none.csv"),
+        ([*base, "--table", str(table), "--device", "tpu"], 1, "tpu"),
+        ([*base, "--table", str(table), "--amp", "half"], 1, "half"),
+        ([*base, "--table", str(table), "--threshold", "1.5"], 2, "--threshold"),
+        (base, 2, "--table"),
+    ]
+    for argv, code, message in cases:
+        assert cli_main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert err.startswith("affectfpn: error:"), err
+        assert message in err, err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err

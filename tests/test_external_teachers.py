@@ -26,7 +26,7 @@ from affectfpn.labels import ACTION_UNITS, EXPRESSIONS
 from affectfpn.recipes import blendshapes as bs
 from affectfpn.recipes import teachers as et
 from affectfpn.recipes.datasets import ImageFolderExpressions, LabelTable, WithPseudoLabels
-from affectfpn.recipes.teachers import calibration
+from affectfpn.recipes.teachers import calibration, mediapipe_runner
 
 AU = {name: j for j, name in enumerate(ACTION_UNITS)}
 EX = {name: j for j, name in enumerate(EXPRESSIONS)}
@@ -502,3 +502,156 @@ def test_the_standalone_script_reads_the_same_image_endings_as_the_datasets() ->
     from affectfpn.recipes import blendshapes
 
     assert blendshapes.IMAGE_EXTENSIONS == _data_common.IMAGE_EXTENSIONS
+
+
+# ----------------------------------------------------------------------------- MediaPipe set-up
+def _fake_python(tmp_path: Path) -> Path:
+    fake = tmp_path / "fake-python"
+    fake.write_text(_FAKE_PYTHON.format(python=sys.executable, names=bs.BLENDSHAPE_NAMES))
+    fake.chmod(0o755)
+    return fake
+
+
+def test_the_landmarker_is_given_or_found_through_the_shared_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No path into the source checkout: without model= and without $AFFECTFPN_SHARED the
+    runner says what to pass (even where ../shared beside the checkout has the file)."""
+    monkeypatch.delenv("AFFECTFPN_SHARED", raising=False)
+    with pytest.raises(ConfigError, match=r"--model FILE.*AFFECTFPN_SHARED"):
+        mediapipe_runner.landmarker_path(None)
+    image = tmp_path / "a.jpg"
+    write_image(image)
+    with pytest.raises(ConfigError, match="no Face Landmarker model given"):
+        et.run_blendshape_teacher(tmp_path / "s.csv", files={"a": image})
+    shared = tmp_path / "shared"
+    bundle = shared / et.DEFAULT_LANDMARKER
+    bundle.parent.mkdir(parents=True)
+    bundle.write_text("not a model")
+    monkeypatch.setenv("AFFECTFPN_SHARED", str(shared))
+    assert mediapipe_runner.landmarker_path(None) == str(bundle)
+    assert mediapipe_runner.landmarker_path(image) == str(image)  # an explicit path wins
+    with pytest.raises(ConfigError, match="not found"):
+        mediapipe_runner.landmarker_path(tmp_path / "missing.task")
+
+
+def test_the_mediapipe_python_comes_from_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _fake_python(tmp_path)
+    model = tmp_path / "face_landmarker.task"
+    model.write_text("not a model")
+    files = {"happy/x": tmp_path / "x.jpg"}
+    write_image(files["happy/x"])
+    monkeypatch.setenv("AFFECTFPN_MEDIAPIPE_PYTHON", str(fake))
+    assert mediapipe_runner.mediapipe_python() == str(fake)
+    assert mediapipe_runner.mediapipe_python("/other/python") == "/other/python"
+    out = et.run_blendshape_teacher(tmp_path / "s.csv", files=files, model=model)
+    assert Path(f"{out}.args.json").is_file()  # the fake ran, not this Python
+    assert et.read_blendshape_csv(out).found.tolist() == [True]
+    monkeypatch.delenv("AFFECTFPN_MEDIAPIPE_PYTHON")
+    assert mediapipe_runner.mediapipe_python() == sys.executable
+
+
+def test_the_old_module_only_re_exports() -> None:
+    """``affectfpn.recipes.external_teachers`` keeps its public names, the same objects as in
+    their new homes, and holds no logic of its own (only the alias ``main``)."""
+    import ast
+    import inspect
+
+    from affectfpn.recipes import agreement, external_teachers
+
+    for name in external_teachers.__all__:
+        if name == "main":
+            continue
+        home = agreement if name in agreement.__all__ else et
+        assert getattr(external_teachers, name) is getattr(home, name), name
+    tree = ast.parse(inspect.getsource(external_teachers))
+    functions = [n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    assert functions == ["main"]
+
+
+# ----------------------------------------------------------------------------- affectfpn teachers
+def test_teachers_commands_write_what_the_functions_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from affectfpn.cli import main as cli_main
+
+    scores = tmp_path / "scores.csv"
+    root = tmp_path / "val"
+    write_image_folder(root, {"happy": 2, "neutral": 2})
+    keys = ImageFolderExpressions(root).keys
+    smile = {"mouthSmileLeft": 0.9, "mouthSmileRight": 0.8, "browInnerUp": 0.2}
+    _write_scores_csv(scores, {keys[0]: smile, keys[1]: None, keys[2]: {}, keys[3]: {}})
+
+    out = tmp_path / "table.csv"
+    argv = ["teachers", "table", "--scores", str(scores), "--out", str(out)]
+    assert cli_main([*argv, "--units", "AU1", "AU12", "--key-prefix", "p:"]) == 0
+    assert f"{out}:" in capsys.readouterr().out
+    direct = et.blendshape_table(scores, units=["AU1", "AU12"], key_prefix="p:")
+    back = LabelTable.load(out)
+    assert back.key_list == direct.key_list
+    np.testing.assert_array_equal(back.labels.au_mask, direct.labels.au_mask)
+    np.testing.assert_allclose(back.labels.au, direct.labels.au, rtol=1e-6)
+
+    assert cli_main(["teachers", "evaluate", "--scores", str(scores), "--root", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "face found: 75.00% of 4" in printed
+    assert "| AU12 | mouthSmileLeft + mouthSmileRight (mean) | Happiness (1)" in printed
+    assert cli_main(["teachers", "fit", "--scores", str(scores), "--root", str(root)]) == 0
+    assert "AU12: slope=" in capsys.readouterr().out
+
+    openface = tmp_path / "clip.csv"
+    _openface_csv(openface, [{"frame": 1, "success": 1, "AU12_c": 1}])
+    of_out = tmp_path / "of.json"
+    assert cli_main(["teachers", "openface", "--csv", str(openface), "--out", str(of_out)]) == 0
+    assert LabelTable.load(of_out).key_list == ["clip/00001"]
+    capsys.readouterr()
+
+
+def test_teachers_commands_fail_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User errors: exit 1 with one line naming the fix; usage errors: exit 2; no traceback."""
+    from affectfpn.cli import main as cli_main
+
+    monkeypatch.delenv("AFFECTFPN_SHARED", raising=False)
+    root = tmp_path / "val"
+    write_image_folder(root, {"happy": 1})
+    fake = _fake_python(tmp_path)
+    blend = ["teachers", "blendshapes", "--root", str(root), "--out", str(tmp_path / "s.csv"),
+             "--python", str(fake)]  # fmt: skip
+    cases = [
+        (blend, 1, "no Face Landmarker model given"),
+        (["teachers", "table", "--scores", str(tmp_path / "none.csv"), "--out", "t.csv"], 1,
+         "none.csv"),
+        (["teachers"], 2, "required"),
+        ([*blend, "--workers", "0"], 2, "teachers blendshapes --help"),
+    ]  # fmt: skip
+    failing = tmp_path / "failing.task"
+    failing.write_text("FAIL")
+    cases.append(([*blend, "--model", str(failing)], 1, "No module named 'mediapipe'"))
+    for argv, code, message in cases:
+        assert cli_main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_old_entry_point_is_an_alias_of_the_command(tmp_path: Path) -> None:
+    """``python -m affectfpn.recipes.external_teachers`` runs ``affectfpn teachers`` (in a
+    child process): the same output, the main CLI's exit codes and one-line errors."""
+    scores = tmp_path / "scores.csv"
+    _write_scores_csv(scores, {"happy/a.jpg": {"mouthSmileLeft": 0.9}, "sad/b.jpg": None})
+    out = tmp_path / "table.csv"
+    module = [sys.executable, "-m", "affectfpn.recipes.external_teachers"]
+    done = subprocess.run([*module, "table", "--scores", str(scores), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert LabelTable.load(out).key_list == ["happy/a.jpg", "sad/b.jpg"]
+    bad = subprocess.run([*module, "table", "--scores", str(tmp_path / "none.csv"), "--out",
+                          str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("affectfpn: error:")
+    assert "Traceback" not in bad.stderr
