@@ -53,8 +53,10 @@ Outputs
   ``target_fps``, repeat the previous line; before the first face: ``0,0`` / ``0`` (Neutral) /
   all AUs 0.
 * :func:`write_annotated_video` -- boxes, expression, VA and active AUs drawn on each frame
-  (:func:`affectfpn.inference.draw`), encoded with ``cv2.VideoWriter``. The predictions never
-  hold images: ask ``predict_video(..., return_frames=True)`` for ``(frame, rgb)`` pairs.
+  (:func:`affectfpn.inference.draw`), encoded as H.264 MP4 or VP9 WebM through PyAV (the
+  ``video`` extra; browsers play both), else MPEG-4 Part 2 through ``cv2.VideoWriter``
+  (:func:`video_encoding` decides). The predictions never hold images: ask
+  ``predict_video(..., return_frames=True)`` for ``(frame, rgb)`` pairs.
 * :func:`plot_timeline` -- one face's expressions, active AUs (and valence/arousal) over time;
   :func:`plot_va` -- valence and arousal of every face (both need the ``plot`` extra).
 
@@ -95,13 +97,16 @@ from affectfpn.video.writers import (
     ABAW2_DEFAULTS,
     ABAW2_HEADERS,
     ABAW2_TASK_DIRS,
+    VIDEO_CODECS,
     AbawSink,
     CsvSink,
+    VideoEncoding,
     VideoSink,
     frame_of,
     iterate,
     plot_timeline,
     plot_va,
+    video_encoding,
     video_table_columns,
 )
 
@@ -110,9 +115,11 @@ __all__ = [
     "ABAW2_HEADERS",
     "ABAW2_TASK_DIRS",
     "SMOOTHING",
+    "VIDEO_CODECS",
     "CaptureLike",
     "FaceTracker",
     "FramePrediction",
+    "VideoEncoding",
     "VideoInfo",
     "VideoOptions",
     "VideoResult",
@@ -123,6 +130,7 @@ __all__ = [
     "plot_va",
     "predict_video",
     "smooth_frames",
+    "video_encoding",
     "video_table_columns",
     "write_abaw2",
     "write_annotated_video",
@@ -600,7 +608,7 @@ def write_annotated_video(
     path: str | os.PathLike[str],
     fps: float,
     *,
-    codec: str = "mp4v",
+    codec: str = "auto",
     show_aus: bool = True,
     show_time: bool = True,
 ) -> int:
@@ -612,10 +620,14 @@ def write_annotated_video(
 
     Args:
         frames_with_images: ``(frame, rgb)`` pairs: ``predict_video(..., return_frames=True)``.
-        path: Output file (``.mp4`` with the default codec; ``.avi`` with ``"MJPG"``).
+        path: Output file: ``.mp4`` (H.264), ``.webm`` (VP9), ``.mov`` / ``.mkv``, or ``.avi``
+            (OpenCV).
         fps: Frame rate of the output: the source's fps divided by ``every_n`` plays in real
             time (``VideoStream.info.fps``).
-        codec: FourCC of ``cv2.VideoWriter``.
+        codec: ``"auto"`` (by the extension; H.264 for ``.mp4`` when PyAV is installed, else
+            ``mp4v`` with a warning), ``"h264"`` or ``"vp9"`` (PyAV: ``pip install
+            'affectfpn[video]'``), ``"mp4v"`` or another FourCC of ``cv2.VideoWriter``; see
+            :func:`video_encoding`.
         show_aus: List active AUs under each face.
         show_time: Stamp frame index and time.
 
@@ -623,8 +635,10 @@ def write_annotated_video(
         The number of frames written (0: no file is created).
 
     Raises:
-        InputError: An item is not a pair, or frame sizes change.
-        AffectFPNError: OpenCV cannot encode with this codec here.
+        InputError: An item is not a pair, frame sizes change, or the codec is unknown or does
+            not fit the file's extension (H.264 in ``.webm``).
+        MissingExtraError: ``h264`` / ``vp9`` / ``.webm`` without PyAV installed.
+        AffectFPNError: The library cannot encode with this codec here.
     """
     items = iterate(frames_with_images, "write_annotated_video")
     sink = VideoSink(path, fps, codec=codec, show_aus=show_aus, show_time=show_time)
@@ -654,6 +668,7 @@ def analyze_video(
     abaw_tasks: Sequence[str] | None = ...,
     video_name: str | None = ...,
     annotated_path: str | os.PathLike[str] | None = ...,
+    annotated_codec: str | VideoEncoding = ...,
     plot_path: str | os.PathLike[str] | None = ...,
     collect: Literal[True] = ...,
     **options: Unpack[VideoOptions],
@@ -670,6 +685,7 @@ def analyze_video(
     abaw_tasks: Sequence[str] | None = ...,
     video_name: str | None = ...,
     annotated_path: str | os.PathLike[str] | None = ...,
+    annotated_codec: str | VideoEncoding = ...,
     plot_path: str | os.PathLike[str] | None = ...,
     collect: Literal[False],
     **options: Unpack[VideoOptions],
@@ -685,6 +701,7 @@ def analyze_video(
     abaw_tasks: Sequence[str] | None = None,
     video_name: str | None = None,
     annotated_path: str | os.PathLike[str] | None = None,
+    annotated_codec: str | VideoEncoding = "auto",
     plot_path: str | os.PathLike[str] | None = None,
     collect: bool = True,
     **options: Unpack[VideoOptions],
@@ -705,6 +722,9 @@ def analyze_video(
         video_name: Their file name (default: the video file's name without extension, or
             ``"video"`` for a capture).
         annotated_path: Where to write the annotated video.
+        annotated_codec: Its codec: ``"auto"``, ``"h264"``, ``"vp9"``, ``"mp4v"`` (see
+            :func:`write_annotated_video`), or a :class:`VideoEncoding`; checked before the
+            video is opened.
         plot_path: Where to save the main face's timeline (:func:`plot_timeline`: expressions,
             active AUs, valence/arousal when the model has them; needs matplotlib; skipped with
             a warning when no face was found).
@@ -717,6 +737,10 @@ def analyze_video(
     Returns:
         A :class:`VideoResult`, or ``None`` when ``collect`` is ``False``.
     """
+    # The codec first: a wrong one (or a missing extra) fails before the video is opened.
+    encoding = annotated_codec
+    if annotated_path is not None and not isinstance(encoding, VideoEncoding):
+        encoding = video_encoding(annotated_path, encoding)
     stream: VideoStream[Any] = predict_video(  # type: ignore[call-overload]
         model_or_predictor, source, return_frames=annotated_path is not None, **options
     )
@@ -746,7 +770,7 @@ def analyze_video(
                     _FALLBACK_FPS,
                 )
                 rate = _FALLBACK_FPS
-            video_sink = VideoSink(annotated_path, rate)
+            video_sink = VideoSink(annotated_path, rate, codec=encoding)
             sinks.append(video_sink)
         collector = (
             Collector(info, stream.expressions, stream.action_units, stream.au_threshold)

@@ -11,13 +11,15 @@ import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
 import cv2
 import numpy as np
 
-from affectfpn.errors import AffectFPNError, InputError, require_extra
+from affectfpn.errors import AffectFPNError, InputError, MissingExtraError, require_extra
 from affectfpn.inference.draw import draw
 from affectfpn.inference.results import CsvWriter, ImagePrediction, table_columns
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
@@ -28,12 +30,15 @@ __all__ = [
     "ABAW2_DEFAULTS",
     "ABAW2_HEADERS",
     "ABAW2_TASK_DIRS",
+    "VIDEO_CODECS",
     "AbawSink",
     "CsvSink",
+    "VideoEncoding",
     "VideoSink",
     "frame_of",
     "plot_timeline",
     "plot_va",
+    "video_encoding",
     "video_table_columns",
 ]
 
@@ -194,15 +199,222 @@ class AbawSink:
         self._files = {}
 
 
+#: The ``codec=`` names of annotated videos; any other four-character code goes to OpenCV as
+#: a FourCC (``"MJPG"`` for ``.avi``).
+VIDEO_CODECS: tuple[str, ...] = ("auto", "h264", "vp9", "mp4v")
+# PyAV's encoder of each codec, the file extensions that can hold it, and its settings.
+_PYAV_ENCODERS = {"h264": "libx264", "vp9": "libvpx-vp9"}
+_CONTAINERS = {"h264": (".mp4", ".m4v", ".mov", ".mkv"), "vp9": (".webm", ".mkv", ".mp4")}
+_ENCODER_OPTIONS = {
+    "h264": {"crf": "23", "preset": "fast"},
+    "vp9": {"crf": "32", "b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"},
+}
+_FASTSTART = (".mp4", ".m4v", ".mov")  # the index (moov) before the data: plays while loading
+_CODEC_LABELS = {"h264": "H.264", "vp9": "VP9", "mp4v": "MPEG-4 Part 2 (mp4v)"}
+_VIDEO_EXTRA = "pip install 'affectfpn[video]'"
+
+
+@dataclass(frozen=True)
+class VideoEncoding:
+    """How an annotated video is encoded: what :func:`video_encoding` decided.
+
+    Attributes:
+        codec: ``"h264"``, ``"vp9"``, ``"mp4v"``, or the FourCC given to OpenCV.
+        backend: ``"pyav"`` (H.264 / VP9, yuv420p, the ``video`` extra) or ``"opencv"``
+            (``cv2.VideoWriter``).
+    """
+
+    codec: str
+    backend: str
+
+    @property
+    def browser_playable(self) -> bool:
+        """Whether web browsers play the file (H.264 or VP9, yuv420p)."""
+        return self.backend == "pyav"
+
+    def __str__(self) -> str:
+        label = _CODEC_LABELS.get(self.codec, f"FourCC {self.codec!r}")
+        return f"{label} via {'PyAV' if self.backend == 'pyav' else 'OpenCV'}"
+
+
+def _pyav_problem(codec: str, where: Path) -> AffectFPNError | None:
+    """Why PyAV cannot encode ``codec`` into ``where`` here (``None``: it can)."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is None:
+        return MissingExtraError(
+            f"{where}: codec {codec!r} needs PyAV (the optional package 'av'): {_VIDEO_EXTRA}"
+        )
+    import av
+
+    try:
+        av.codec.Codec(_PYAV_ENCODERS[codec], "w")
+    except ValueError:  # UnknownCodecError
+        return AffectFPNError(
+            f"{where}: this PyAV build has no {_PYAV_ENCODERS[codec]} encoder for codec "
+            f"{codec!r}; install PyAV's own wheel (pip install --force-reinstall av) or choose "
+            "another codec"
+        )
+    return None
+
+
+def video_encoding(path: str | os.PathLike[str], codec: str = "auto") -> VideoEncoding:
+    """Decide the codec and the library of an annotated video, before any frame is drawn.
+
+    ``"auto"`` picks by the extension: ``.webm`` gets VP9; ``.avi`` gets ``mp4v`` through
+    OpenCV; any other (``.mp4``, ``.mov``, ``.mkv``, ...) gets H.264 through PyAV when the
+    ``video`` extra is installed, else ``mp4v`` through OpenCV with a warning (browsers do not
+    play ``mp4v``). ``"h264"`` and ``"vp9"`` always need PyAV; ``"mp4v"`` or another FourCC
+    (e.g. ``"MJPG"``) uses ``cv2.VideoWriter``.
+
+    Args:
+        path: The output file (its extension decides the container).
+        codec: One of :data:`VIDEO_CODECS`, or a four-character OpenCV FourCC.
+
+    Returns:
+        The :class:`VideoEncoding`.
+
+    Raises:
+        MissingExtraError: ``h264``/``vp9`` (or ``.webm``) without PyAV installed.
+        InputError: An unknown codec, or one the file's extension cannot hold (H.264 in WebM).
+        AffectFPNError: The installed PyAV has no encoder for the codec.
+    """
+    if not isinstance(codec, str):
+        raise InputError(f"codec must be one of {', '.join(VIDEO_CODECS)}, got {codec!r}")
+    where = Path(os.fspath(path))
+    suffix = where.suffix.lower()
+    name = codec.lower() if codec.lower() in VIDEO_CODECS else codec
+    if name == "auto":
+        if suffix == ".webm":
+            name = "vp9"
+        elif suffix == ".avi":
+            name = "mp4v"
+        elif _pyav_problem("h264", where) is None:
+            name = "h264"
+        else:
+            logger.warning(
+                "%s: written as MPEG-4 Part 2 (mp4v) through OpenCV, which web browsers do not "
+                "play; for H.264: %s",
+                where,
+                _VIDEO_EXTRA,
+            )
+            name = "mp4v"
+    if name in _PYAV_ENCODERS:
+        if suffix not in _CONTAINERS[name]:
+            hint = " (or choose codec 'vp9' for WebM)" if suffix == ".webm" else ""
+            raise InputError(
+                f"{where}: {_CODEC_LABELS[name]} video goes in a {' / '.join(_CONTAINERS[name])} "
+                f"file, not {f'a {suffix} file' if suffix else 'a file without an extension'}; "
+                f"name it e.g. {where.with_suffix(_CONTAINERS[name][0]).name}{hint}"
+            )
+        problem = _pyav_problem(name, where)
+        if problem is not None:
+            raise problem
+        return VideoEncoding(name, "pyav")
+    if len(name) != 4:
+        raise InputError(
+            f"codec={codec!r} is not one of {', '.join(VIDEO_CODECS)} (nor a four-character "
+            "OpenCV FourCC such as 'MJPG')"
+        )
+    if suffix == ".webm":
+        raise InputError(
+            f"{where}: a .webm file holds VP9 video, not {codec!r}; use codec 'vp9' (or 'auto') "
+            "or a .mp4 / .avi file"
+        )
+    return VideoEncoding(name, "opencv")
+
+
+class _OpenCVEncoder:
+    """``cv2.VideoWriter`` with a FourCC: RGB frames in."""
+
+    def __init__(self, path: Path, fps: float, fourcc: str, size: tuple[int, int]) -> None:
+        self._writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, size)
+        if not self._writer.isOpened():
+            raise AffectFPNError(
+                f"{path}: OpenCV cannot write a video with codec {fourcc!r} here; try another "
+                f"codec ('h264' or 'vp9' with {_VIDEO_EXTRA}, 'mp4v' for .mp4, 'MJPG' for .avi) "
+                "or file extension"
+            )
+
+    def write(self, rgb: np.ndarray) -> None:
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self._writer.release()
+
+
+class _PyAVEncoder:
+    """H.264 or VP9 in yuv420p through PyAV (FFmpeg): what browsers play. Odd frame sizes are
+    padded by one row / column (yuv420p needs even sizes); MP4 files get their index first."""
+
+    def __init__(self, path: Path, fps: float, codec: str, size: tuple[int, int]) -> None:
+        import av
+
+        self._av = av
+        self._path = path
+        width, height = size
+        self._pad = ((0, height % 2), (0, width % 2), (0, 0))
+        self._stream: Any = None  # PyAV's stream (typed loosely: av's stubs vary by release)
+        self._container: Any = None
+        options = {"movflags": "+faststart"} if path.suffix.lower() in _FASTSTART else {}
+        try:
+            self._container = av.open(str(path), mode="w", options=options)
+            try:
+                self._stream = self._container.add_stream(
+                    _PYAV_ENCODERS[codec],
+                    rate=Fraction(fps).limit_denominator(1001),
+                    options=dict(_ENCODER_OPTIONS[codec]),
+                )
+                self._stream.width = width + width % 2
+                self._stream.height = height + height % 2
+                self._stream.pix_fmt = "yuv420p"
+            except BaseException:
+                self._container.close()
+                raise
+        except (av.error.FFmpegError, OSError, ValueError) as error:
+            raise AffectFPNError(
+                f"{path}: PyAV cannot write {_CODEC_LABELS[codec]} video here: {error}"
+            ) from None
+        self._count = 0
+
+    def _mux(self, frame: Any) -> None:
+        try:
+            self._container.mux(self._stream.encode(frame))
+        except (self._av.error.FFmpegError, OSError, ValueError) as error:
+            raise AffectFPNError(f"{self._path}: encoding failed: {error}") from None
+
+    def write(self, rgb: np.ndarray) -> None:
+        if any(after for _, after in self._pad[:2]):
+            rgb = np.pad(rgb, self._pad, mode="edge")
+        frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self._count
+        self._mux(frame)
+        self._count += 1
+
+    def close(self) -> None:
+        try:
+            self._mux(None)  # flush the encoder
+        finally:
+            self._container.close()
+
+
 class VideoSink:
-    """Encode annotated frames into a video file with ``cv2.VideoWriter``."""
+    """Encode annotated frames into a video file: H.264 or VP9 through PyAV (the ``video``
+    extra), or ``cv2.VideoWriter`` (``mp4v`` and other FourCCs). ``codec`` is a name for
+    :func:`video_encoding`, or what it returned.
+
+    Attributes:
+        encoding: The codec and the library that writes it, decided when the sink is made.
+        codec: ``encoding.codec``.
+        frames: Frames written so far.
+    """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         fps: float,
         *,
-        codec: str = "mp4v",
+        codec: "str | VideoEncoding" = "auto",
         show_aus: bool = True,
         show_time: bool = True,
     ) -> None:
@@ -210,14 +422,15 @@ class VideoSink:
             raise InputError(f"fps must be a number > 0, got {fps!r}")
         if fps <= 0:
             raise InputError(f"fps must be a number > 0, got {fps!r}")
-        if not isinstance(codec, str) or len(codec) != 4:
-            raise InputError(f"codec must be a four-character code such as 'mp4v', got {codec!r}")
         self.path = Path(path).expanduser()
+        self.encoding = (
+            codec if isinstance(codec, VideoEncoding) else video_encoding(self.path, codec)
+        )
         self.fps = float(fps)
-        self.codec = codec
+        self.codec = self.encoding.codec
         self.show_aus = show_aus
         self.show_time = show_time
-        self._writer: Any = None
+        self._writer: _OpenCVEncoder | _PyAVEncoder | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
 
@@ -234,28 +447,25 @@ class VideoSink:
         height, width = canvas.shape[:2]
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter.fourcc(*self.codec)
-            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (width, height))
-            if not self._writer.isOpened():
-                self._writer = None
-                raise AffectFPNError(
-                    f"{self.path}: OpenCV cannot write a video with codec {self.codec!r} here; "
-                    "try another codec ('mp4v' for .mp4, 'MJPG' for .avi) or file extension"
-                )
+            encoder = _PyAVEncoder if self.encoding.backend == "pyav" else _OpenCVEncoder
+            self._writer = encoder(self.path, self.fps, self.codec, (width, height))
+            logger.info(
+                "%s: %s, %dx%d at %g fps", self.path, self.encoding, width, height, self.fps
+            )
             self._size = (width, height)
         elif self._size != (width, height):
             raise InputError(
                 f"{frame.source} is {width}x{height} but the video started at "
                 f"{self._size[0]}x{self._size[1]}; a video file needs one frame size"  # type: ignore[index]
             )
-        self._writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        self._writer.write(canvas)
         self.frames += 1
 
     def close(self) -> None:
         """Finish the file."""
         if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            writer.close()
         elif self.frames == 0:
             logger.warning("%s: no frame to write; no video file was created", self.path)
 
