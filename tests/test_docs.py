@@ -7,6 +7,7 @@ every ``from affectfpn... import ...`` in a Python example resolves, the setting
 every field of the dataclasses they describe, and the model zoo names every registered model.
 """
 
+import argparse
 import dataclasses
 import importlib
 import importlib.util
@@ -111,10 +112,17 @@ def _cli_options() -> dict[str, set[str]]:
         action for action in parser._actions if action.__class__.__name__ == "_SubParsersAction"
     )
     global_options = {s for action in parser._actions for s in action.option_strings}
-    return {
-        name: global_options | {s for action in sub._actions for s in action.option_strings}
-        for name, sub in subparsers.choices.items()
-    }
+
+    def flags(sub: argparse.ArgumentParser) -> set[str]:
+        # a command group (``affectfpn teachers table ...``): the options of its commands too
+        own = {s for action in sub._actions for s in action.option_strings}
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for nested in action.choices.values():
+                    own |= flags(nested)
+        return own
+
+    return {name: global_options | flags(sub) for name, sub in subparsers.choices.items()}
 
 
 def test_documented_commands_and_options_exist() -> None:
