@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="model folder whose config.json gets the best")
     args = parser.parse_args()
     if args.quick:
-        args.per_class = args.per_class or 10
+        args.per_class = args.per_class or 4
     setup(args)
     model = AffectFPN.from_pretrained(args.model).eval()
     size = tuple(model.config.input_size)

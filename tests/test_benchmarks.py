@@ -6,11 +6,10 @@ function the Predictor no longer called).
 """
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _warm import RUNNER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,14 +39,7 @@ def test_benchmark_runs_quick(script: str, shared_dir: Path, tmp_path: Path) -> 
         "AFFECTFPN_RUNS": str(tmp_path),
         "PYTHONPATH": str(ROOT),
     }
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = RUNNER.run(ROOT / "benchmarks" / script, ["--quick"], cwd=tmp_path, env=env, timeout=240)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert SCRIPTS[script] in output, output[-3000:]

@@ -1,22 +1,22 @@
-"""Run every script in ``examples/`` as a user would (a subprocess) and check what it produces.
+"""Run every script in ``examples/`` as a user would, in a process of its own; check its output.
 
 Each example runs once, on a tiny model saved to a temporary folder (``--model``: the default
 model it would otherwise load lands later), with a local YuNet file as the face detector and
 small inputs (a few photos, every 40th frame of a short video, two training steps), so the whole
-file stays around two minutes on one shared core. The children run torch on one thread.
+file stays around two minutes on one shared core. The children run torch on one thread, forked
+from one warm interpreter (tests/_warm.py) so that each skips the start-up of torch and OpenCV.
 """
 
 import csv
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _warm import RUNNER
 from hubserver import LocalHub
 from PIL import Image
 from safetensors.torch import load_file
@@ -58,15 +58,7 @@ def run_example(
     child_env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
     if shared is not None:
         child_env["AFFECTFPN_SHARED"] = str(shared)
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *map(str, args)],
-        cwd=cwd,
-        env=child_env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
+    proc = RUNNER.run(EXAMPLES / script, args, cwd=cwd, env=child_env, timeout=TIMEOUT_S)
     assert proc.returncode == 0, (
         f"{script} exited with {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     )
