@@ -11,9 +11,9 @@
 Markers (declared in pyproject.toml): ``shared`` (above) and ``slow``, for the few tests that take
 about 10 s or more each on a small 2-core machine (the distributed training test, the every-frame
 and long-video checks). ``python -m pytest -m "not slow"`` (the README's command and CI's)
-leaves them out and stays under ten minutes on the 2-core CI machine (the example and benchmark
-smoke tests run their scripts forked from one warm interpreter: tests/_warm.py); ``python -m pytest -m slow`` runs only them, and
-a plain ``python -m pytest`` runs everything.
+leaves them out and stays under ten minutes on the 2-core CI machine (the smoke tests of the
+examples and benchmarks fork their scripts from one warm interpreter: tests/_warm.py);
+``python -m pytest -m slow`` runs only them, and a plain ``python -m pytest`` runs everything.
 
 Every test starts from ``torch.manual_seed(0)``. The suite runs torch on one thread (override with
 the environment variable ``AFFECTFPN_TEST_THREADS``): the test machines are small and shared, and
