@@ -639,9 +639,13 @@ def test_teachers_commands_fail_in_one_line(
         assert len(err.strip().splitlines()) == 1, err
 
 
-def test_the_old_entry_point_is_an_alias_of_the_command(tmp_path: Path) -> None:
+def test_the_old_entry_point_is_an_alias_of_the_command(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """``python -m affectfpn.recipes.external_teachers`` runs ``affectfpn teachers`` (in a
     child process): the same output, the main CLI's exit codes and one-line errors."""
+    from affectfpn.recipes import external_teachers
+
     scores = tmp_path / "scores.csv"
     _write_scores_csv(scores, {"happy/a.jpg": {"mouthSmileLeft": 0.9}, "sad/b.jpg": None})
     out = tmp_path / "table.csv"
@@ -650,8 +654,10 @@ def test_the_old_entry_point_is_an_alias_of_the_command(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert LabelTable.load(out).key_list == ["happy/a.jpg", "sad/b.jpg"]
-    bad = subprocess.run([*module, "table", "--scores", str(tmp_path / "none.csv"), "--out",
-                          str(out)], capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert bad.returncode == 1
-    assert bad.stderr.startswith("affectfpn: error:")
-    assert "Traceback" not in bad.stderr
+    # main() starts the same child: a user error is exit 1 and one line, not a traceback
+    capfd.readouterr()
+    missing = ["table", "--scores", str(tmp_path / "none.csv"), "--out", str(out)]
+    assert external_teachers.main(missing) == 1
+    err = capfd.readouterr().err
+    assert err.startswith("affectfpn: error:"), err
+    assert "Traceback" not in err
