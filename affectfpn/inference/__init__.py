@@ -17,17 +17,13 @@ from affectfpn.inference.draw import draw
 from affectfpn.inference.predictor import Predictor, predict, predict_iter
 from affectfpn.inference.results import (
     ActionUnits,
-    CsvWriter,
     Expression,
     FacePrediction,
     ImagePrediction,
     LabelNames,
     ValenceArousal,
-    table_columns,
-    to_pandas,
-    to_rows,
-    write_csv,
 )
+from affectfpn.inference.tables import CsvWriter, table_columns, to_pandas, to_rows, write_csv
 from affectfpn.io import load_image
 
 __all__ = [

@@ -58,12 +58,10 @@ from affectfpn.inference.detectors import (
     get_detector,
 )
 from affectfpn.inference.results import (
-    ActionUnits,
-    Expression,
+    FACE_FIELDS,
     FacePrediction,
     ImagePrediction,
     LabelNames,
-    ValenceArousal,
     _trusted,
 )
 from affectfpn.io import (
@@ -428,8 +426,6 @@ class Predictor:
         #: softmax temperature of the expression logits (the model's calibration)
         self._temperature = float(config.expression_temperature)
         self.labels = LabelNames(tuple(config.expressions), tuple(config.action_units))
-        self._expression_names = self.labels.expressions
-        self._au_names = self.labels.action_units
         self._input_size: tuple[int, int] = (int(config.input_size[0]), int(config.input_size[1]))
         self.detector: FaceDetector | None = (
             get_detector(detector) if self.faces == "detect" else None
@@ -778,22 +774,19 @@ class Predictor:
     def _finish(self, record: _Pending) -> ImagePrediction:
         # The model's own outputs are valid by construction (softmax and sigmoid rows, clamped
         # VA, float boxes): the results are built without the checks that guard user input.
+        # Each face field's rows are in the record's list of the same name (va, expression, aus).
         prepared = record.prepared
         faces = []
-        expressions, units = self._expression_names, self._au_names
+        fields = [
+            (spec, spec.names(self.labels), getattr(record, spec.name)) for spec in FACE_FIELDS
+        ]
         for i in range(len(prepared.crops)):
-            va_row, expr_row, au_row = record.va[i], record.expression[i], record.aus[i]
-            va = (
-                None
-                if va_row is None
-                else _trusted(ValenceArousal, valence=va_row[0], arousal=va_row[1])
-            )
-            expression = None if expr_row is None else Expression._from_model(expr_row, expressions)
-            aus = (
-                None
-                if au_row is None
-                else ActionUnits._from_model(au_row, units, self.au_threshold)
-            )
+            values = {
+                spec.name: None
+                if rows[i] is None
+                else spec.from_model(rows[i], names, self.au_threshold)
+                for spec, names, rows in fields
+            }
             if prepared.detections is None:
                 box = (0.0, 0.0, float(prepared.width), float(prepared.height))
                 score: float | None = None
@@ -814,9 +807,7 @@ class Predictor:
                     box=box,
                     score=score,
                     landmarks=landmarks,
-                    va=va,
-                    expression=expression,
-                    aus=aus,
+                    **values,
                     face_id=i,
                 )
             )

@@ -1,9 +1,10 @@
-"""Typed results of ``model.predict(...)`` and their table (CSV) form.
+"""Typed results of ``model.predict(...)``, and the per-face fields they are made of.
 
 A prediction is plain, immutable data: every class below is a frozen dataclass whose fields are
 checked in ``__post_init__``, so an object that exists is valid. Results never draw or write
-themselves; :func:`affectfpn.inference.draw.draw`, :func:`to_rows` and :func:`write_csv` are
-functions beside them.
+themselves; :func:`affectfpn.inference.draw.draw` and the table functions of
+:mod:`affectfpn.inference.tables` (:func:`to_rows`, :func:`write_csv`, :class:`CsvWriter`,
+:func:`to_pandas`, :func:`table_columns`; also importable from here) are beside them.
 
 * :class:`ValenceArousal` -- valence and arousal, each a finite float in [-1, 1].
 * :class:`Expression` -- the predicted expression label and the probability of every expression
@@ -20,73 +21,38 @@ functions beside them.
 Every class has ``to_dict()`` (only builtins: ``json.dumps`` accepts it) and ``from_dict()``
 (its inverse). Results can be pickled and compared with ``==``.
 
-Table form
-----------
-:func:`to_rows` and :func:`write_csv` give one row per face, with column names in the spirit of
-OpenFace 2.0 so that existing analysis scripts need few changes. An image in which no face was
-found still gives one row, with ``face_id`` -1, ``success`` 0 and every other cell empty, so that
-the table has at least one row per input (as OpenFace writes ``success`` 0 for frames where
-tracking failed). Columns, in order:
-
-==================  ========================================================================
-Column              Meaning
-==================  ========================================================================
-``source``          Where the image came from (file path, ``"video.mp4#frame=12"``, ...), as
-                    given by :attr:`ImagePrediction.source`.
-``face_id``         Index of the face in the image (0, 1, ...), or its track id in a video;
-                    -1 on the row of an image without faces.
-``success``         1 if this row is a face, 0 if no face was found in the image.
-``confidence``      Face detection score (usually in [0, 1]); empty in crop mode (no detector)
-                    and on a no-face row.
-``x1`` ``y1``       Top-left corner of the face box, in pixels of the source image.
-``x2`` ``y2``       Bottom-right corner of the face box, in pixels of the source image (in crop
-                    mode the box is the whole image: 0, 0, width, height).
-``valence``         Valence in [-1, 1] (negative = unpleasant, positive = pleasant).
-``arousal``         Arousal in [-1, 1] (negative = calm, positive = excited).
-``expression``      Name of the most probable expression (e.g. ``Happiness``).
-``expr_<Name>``     Probability of each expression, one column per name in label order, e.g.
-                    ``expr_Neutral``, ``expr_Anger``, ... ``expr_Surprise``; they sum to 1.
-``AU<NN>_p``        Probability in [0, 1] that each action unit is present, one column per AU,
-                    with OpenFace's zero-padded names: ``AU01_p``, ``AU02_p``, ``AU04_p``, ...
-                    ``AU26_p``. These are occurrence probabilities, not OpenFace's 0-5
-                    intensities (``AU<NN>_r``), hence the different suffix.
-``AU<NN>_c``        1 if the AU is active (probability >= the threshold, 0.5 by default), else
-                    0; same meaning as OpenFace's ``_c`` (presence) columns.
-==================  ========================================================================
-
-As in OpenFace, all ``_p`` columns come first, then all ``_c`` columns. A column group whose task
-the model lacks (``valence``/``arousal``; ``expression``/``expr_*``; ``AU*``) is kept but left
-empty, so that tables from different models line up; pass ``tasks=`` to leave the group out
-instead. :func:`table_columns` returns the column list. Library AU names stay ``"AU1"``,
-``"AU2"``...; :func:`openface_au_name` maps them to the column stems (``"AU1"`` -> ``"AU01"``).
-
-:func:`write_csv` (and :class:`CsvWriter`, for rows added one prediction at a time) writes a
-header line, then the rows, comma-separated, with floats at a fixed number of decimals (6 by
-default) and empty cells for missing values; landmarks are not part of the table (they are in
-``to_dict()``). The ``expr_*`` and AU columns are those of the first prediction's ``labels``
-(the model's names), or the library's ``EXPRESSIONS`` and ``ACTION_UNITS`` for predictions built
-by hand; ``expressions=`` and ``action_units=`` choose them explicitly.
+Per-face fields
+---------------
+:data:`FACE_FIELDS` declares, once, each output of the model for a face (``va``,
+``expression``, ``aus``): the :class:`FaceField` of each says which model output it is read
+from, which table columns it gives, how a video smooths it and how it is serialised. The
+predictor, ``FacePrediction.to_dict`` / ``from_dict``, the tables, the video's
+``VideoResult`` and its smoothing all derive their handling of the fields from it.
 """
 
-import csv
-import io
 import math
-import os
 import re
 import types
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, overload
 
 import numpy as np
 
 from affectfpn.errors import InputError
-from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
+from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS, VA_NAMES
+
+if TYPE_CHECKING:  # the table functions live in tables.py, which imports this module
+    from affectfpn.inference.tables import CsvWriter, table_columns, to_pandas, to_rows, write_csv
 
 __all__ = [
+    "FACE_FIELDS",
     "ActionUnits",
+    "Column",
     "CsvWriter",
     "Expression",
+    "FaceField",
     "FacePrediction",
     "ImagePrediction",
     "LabelNames",
@@ -102,19 +68,6 @@ __all__ = [
 _SUM_TOLERANCE = 1e-4
 
 _AU_NAME = re.compile(r"^AU(\d+)$")
-
-#: Columns present in every table, in order.
-_BASE_COLUMNS: tuple[str, ...] = (
-    "source",
-    "face_id",
-    "success",
-    "confidence",
-    "x1",
-    "y1",
-    "x2",
-    "y2",
-)
-
 
 # --------------------------------------------------------------------------------------------
 # validation helpers
@@ -499,6 +452,258 @@ class ActionUnits:
 
 
 # --------------------------------------------------------------------------------------------
+# the per-face fields: each model output of a face, declared once
+# --------------------------------------------------------------------------------------------
+
+#: The type of a table column's cells: text, integer or float (an empty cell is ``None``).
+ColumnKind = Literal["str", "int", "float"]
+
+
+class Column(NamedTuple):
+    """One table column: its name and the type of its cells (pandas: string, Int64, float64)."""
+
+    name: str
+    kind: ColumnKind
+
+
+_R = TypeVar("_R")
+
+
+def _lookup(probabilities: Mapping[str, float], name: str, face: str, what: str) -> float:
+    """``probabilities[name]``, or an :class:`InputError` saying which label names to pass."""
+    try:
+        return probabilities[name]
+    except KeyError:
+        raise InputError(
+            f"{face} has no {what} {name!r} (it has {tuple(probabilities)}); pass the model's "
+            f"label names, e.g. expressions=model.config.expressions, "
+            f"action_units=model.config.action_units"
+        ) from None
+
+
+class FaceField(ABC, Generic[_R]):
+    """One output of the model for a face, declared once for every part that handles it.
+
+    :data:`FACE_FIELDS` lists them; each is an attribute of :class:`FacePrediction` (``None``
+    when the model lacks the task) whose result type (:attr:`type`) holds a fixed-length
+    vector of named numbers. From this one declaration come the predictor's results
+    (:meth:`from_model`), ``FacePrediction.to_dict`` / ``from_dict`` (under :attr:`name`), the
+    table's columns and cells (:meth:`columns`, :meth:`cells`, in :data:`FACE_FIELDS` order), the
+    arrays of a video's ``VideoResult`` (one per field, named :attr:`task`, :meth:`lookup` /
+    :meth:`from_numbers`) and smoothing over video frames (:meth:`vector` / :meth:`rebuild`,
+    averaged only across faces of equal :meth:`layout`).
+
+    Adding a field is: its result class, a ``FacePrediction`` attribute of that name, a
+    subclass of this class in :data:`FACE_FIELDS`, the model output it reads (:attr:`output`,
+    turned into probabilities in the predictor's batch step) and, for videos, a ``VideoResult``
+    array named :attr:`task`.
+    """
+
+    #: The :class:`FacePrediction` attribute holding the value, and its key in ``to_dict()``.
+    name: str
+    #: The task of the model that gives it (one of ``TASKS``); ``tasks=`` of the tables selects
+    #: by it, and a video's ``VideoResult`` keeps its numbers in the array of this name.
+    task: str
+    #: The attribute of the model's outputs (``AffectFPN.forward``) that it is read from.
+    output: str
+    #: The result class, which has ``to_dict()`` and ``from_dict()``.
+    result_type: type[_R]
+
+    @abstractmethod
+    def names(self, labels: "LabelNames") -> tuple[str, ...]:
+        """The names of the field's numbers for a model with these label names, in order."""
+
+    @abstractmethod
+    def columns(self, names: tuple[str, ...]) -> list[Column]:
+        """The field's table columns, in order, for the numbers ``names``.
+
+        Raises:
+            InputError: If the names do not make valid, distinct column names.
+        """
+
+    @abstractmethod
+    def cells(self, value: _R, names: tuple[str, ...], where: str) -> dict[str, object]:
+        """The field's table cells of one face (keys among :meth:`columns`).
+
+        Raises:
+            InputError: If ``value`` lacks one of ``names`` (``where`` names the face).
+        """
+
+    @abstractmethod
+    def value_names(self, value: _R) -> tuple[str, ...]:
+        """The names of the numbers ``value`` holds, in its own order."""
+
+    @abstractmethod
+    def lookup(self, value: _R, names: tuple[str, ...]) -> list[float]:
+        """The numbers of ``value`` in the order of ``names``; ``KeyError`` for a missing name."""
+
+    def vector(self, value: _R) -> list[float]:
+        """The numbers of ``value`` in its own order (those smoothing averages)."""
+        return self.lookup(value, self.value_names(value))
+
+    def layout(self, value: _R) -> Hashable:
+        """What the numbers of ``value`` mean; two values are averaged only if it is equal."""
+        return self.value_names(value)
+
+    @abstractmethod
+    def from_numbers(self, numbers: np.ndarray, names: tuple[str, ...], threshold: float) -> _R:
+        """A checked value from (stored or averaged) numbers in the order of ``names``, brought
+        back into range (clipped; probabilities that must sum to 1 renormalised).
+
+        Args:
+            numbers: 1-D numbers, one per name.
+            names: Their names.
+            threshold: The action-unit threshold, for fields that have one (others ignore it).
+        """
+
+    def rebuild(self, value: _R, numbers: np.ndarray) -> _R:
+        """``value`` with its numbers replaced by ``numbers`` (in its own order)."""
+        return self.from_numbers(numbers, self.value_names(value), 0.5)
+
+    @abstractmethod
+    def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> _R:
+        """The value of one face from the predictor's row of model outputs (already activated:
+        clamped, softmax or sigmoid), built without the checks of user input."""
+
+    def to_dict(self, value: _R) -> Any:
+        """The JSON-ready form of ``value`` in ``FacePrediction.to_dict()``."""
+        return value.to_dict()  # type: ignore[attr-defined]
+
+    def from_dict(self, data: Any) -> _R:
+        """Rebuild a value from :meth:`to_dict`'s output."""
+        return self.result_type.from_dict(data)  # type: ignore[attr-defined]
+
+
+class _VaField(FaceField[ValenceArousal]):
+    """Valence and arousal: columns ``valence``, ``arousal``."""
+
+    name = "va"
+    task = "va"
+    output = "va"
+    result_type = ValenceArousal
+
+    def names(self, labels: "LabelNames") -> tuple[str, ...]:
+        return VA_NAMES
+
+    def columns(self, names: tuple[str, ...]) -> list[Column]:
+        return [Column(name, "float") for name in names]
+
+    def cells(self, value: ValenceArousal, names: tuple[str, ...], where: str) -> dict[str, object]:
+        return {"valence": value.valence, "arousal": value.arousal}
+
+    def value_names(self, value: ValenceArousal) -> tuple[str, ...]:
+        return VA_NAMES
+
+    def lookup(self, value: ValenceArousal, names: tuple[str, ...]) -> list[float]:
+        return [float(getattr(value, name)) for name in names]
+
+    def from_numbers(
+        self, numbers: np.ndarray, names: tuple[str, ...], threshold: float
+    ) -> ValenceArousal:
+        valence, arousal = np.clip(numbers, -1.0, 1.0)
+        return ValenceArousal(valence=float(valence), arousal=float(arousal))
+
+    def from_model(
+        self, row: list[float], names: tuple[str, ...], threshold: float
+    ) -> ValenceArousal:
+        return _trusted(ValenceArousal, valence=row[0], arousal=row[1])
+
+
+class _ExpressionField(FaceField[Expression]):
+    """Expressions: columns ``expression`` (the label), then ``expr_<Name>`` per expression."""
+
+    name = "expression"
+    task = "expression"
+    output = "expression"
+    result_type = Expression
+
+    def names(self, labels: "LabelNames") -> tuple[str, ...]:
+        return labels.expressions
+
+    def columns(self, names: tuple[str, ...]) -> list[Column]:
+        return [Column("expression", "str"), *(Column(f"expr_{name}", "float") for name in names)]
+
+    def cells(self, value: Expression, names: tuple[str, ...], where: str) -> dict[str, object]:
+        cells: dict[str, object] = {"expression": value.label}
+        probabilities = value.probabilities
+        for name in names:
+            cells[f"expr_{name}"] = _lookup(probabilities, name, where, "expression")
+        return cells
+
+    def value_names(self, value: Expression) -> tuple[str, ...]:
+        return tuple(value.probabilities)
+
+    def lookup(self, value: Expression, names: tuple[str, ...]) -> list[float]:
+        return [value.probabilities[name] for name in names]
+
+    def from_numbers(
+        self, numbers: np.ndarray, names: tuple[str, ...], threshold: float
+    ) -> Expression:
+        probs = np.clip(numbers, 0.0, None)
+        total = probs.sum()
+        probs = probs / total if total > 0 else np.full(len(names), 1.0 / len(names))
+        return Expression.from_probabilities(probs, names)
+
+    def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> Expression:
+        return Expression._from_model(row, names)
+
+
+class _AuField(FaceField[ActionUnits]):
+    """Action units: columns ``AU<NN>_p`` for every AU, then ``AU<NN>_c`` for every AU."""
+
+    name = "aus"
+    task = "au"
+    output = "au"
+    result_type = ActionUnits
+
+    def names(self, labels: "LabelNames") -> tuple[str, ...]:
+        return labels.action_units
+
+    def columns(self, names: tuple[str, ...]) -> list[Column]:
+        stems = [openface_au_name(name) for name in names]
+        if len(set(stems)) != len(stems):
+            raise InputError(f"action_units {names} map to repeated columns {stems}")
+        return [
+            *(Column(f"{stem}_p", "float") for stem in stems),
+            *(Column(f"{stem}_c", "int") for stem in stems),
+        ]
+
+    def cells(self, value: ActionUnits, names: tuple[str, ...], where: str) -> dict[str, object]:
+        cells: dict[str, object] = {}
+        for name in names:
+            stem = openface_au_name(name)
+            p = _lookup(value.probabilities, name, where, "action unit")
+            cells[f"{stem}_p"] = p
+            cells[f"{stem}_c"] = int(p >= value.threshold)
+        return cells
+
+    def value_names(self, value: ActionUnits) -> tuple[str, ...]:
+        return tuple(value.probabilities)
+
+    def lookup(self, value: ActionUnits, names: tuple[str, ...]) -> list[float]:
+        return [value.probabilities[name] for name in names]
+
+    def layout(self, value: ActionUnits) -> Hashable:
+        return (tuple(value.probabilities), value.threshold)
+
+    def from_numbers(
+        self, numbers: np.ndarray, names: tuple[str, ...], threshold: float
+    ) -> ActionUnits:
+        return ActionUnits.from_probabilities(np.clip(numbers, 0.0, 1.0), names, threshold)
+
+    def rebuild(self, value: ActionUnits, numbers: np.ndarray) -> ActionUnits:
+        return self.from_numbers(numbers, tuple(value.probabilities), value.threshold)
+
+    def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> ActionUnits:
+        return ActionUnits._from_model(row, names, threshold)
+
+
+#: The per-face outputs of the model, in table-column (and ``TASKS``) order: the one place that
+#: says how each is read, tabled, smoothed and serialised (see :class:`FaceField`).
+FACE_FIELDS: tuple[FaceField[Any], ...] = (_VaField(), _ExpressionField(), _AuField())
+
+
+# --------------------------------------------------------------------------------------------
 # faces and images
 # --------------------------------------------------------------------------------------------
 
@@ -569,48 +774,46 @@ class FacePrediction:
                 raise InputError("landmarks is empty; pass None when there are no landmarks")
             object.__setattr__(self, "landmarks", tuple(points))
 
-        for name, kind in (
-            ("va", ValenceArousal),
-            ("expression", Expression),
-            ("aus", ActionUnits),
-        ):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, kind):
+        for spec in FACE_FIELDS:
+            value = getattr(self, spec.name)
+            if value is not None and not isinstance(value, spec.result_type):
                 raise InputError(
-                    f"{name} must be a {kind.__name__} or None, got {type(value).__name__}"
+                    f"{spec.name} must be a {spec.result_type.__name__} or None, "
+                    f"got {type(value).__name__}"
                 )
 
     @property
     def tasks(self) -> tuple[str, ...]:
         """The tasks this face has results for, in ``TASKS`` order."""
-        present = {"va": self.va, "expression": self.expression, "au": self.aus}
-        return tuple(task for task in TASKS if present[task] is not None)
+        return tuple(spec.task for spec in FACE_FIELDS if getattr(self, spec.name) is not None)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; tuples become lists and missing parts stay ``None``."""
-        return {
+        out: dict[str, Any] = {
             "face_id": self.face_id,
             "box": None if self.box is None else list(self.box),
             "score": self.score,
             "landmarks": None if self.landmarks is None else [list(p) for p in self.landmarks],
-            "va": None if self.va is None else self.va.to_dict(),
-            "expression": None if self.expression is None else self.expression.to_dict(),
-            "aus": None if self.aus is None else self.aus.to_dict(),
         }
+        for spec in FACE_FIELDS:
+            value = getattr(self, spec.name)
+            out[spec.name] = None if value is None else spec.to_dict(value)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FacePrediction":
         """Rebuild from the output of :meth:`to_dict` (absent keys are ``None``)."""
         data = _require_keys(data, ("face_id",), cls.__name__)
-        va, expression, aus = data.get("va"), data.get("expression"), data.get("aus")
+        values = {}
+        for spec in FACE_FIELDS:
+            value = data.get(spec.name)
+            values[spec.name] = None if value is None else spec.from_dict(value)
         return cls(
             face_id=data["face_id"],
             box=data.get("box"),
             score=data.get("score"),
             landmarks=data.get("landmarks"),
-            va=None if va is None else ValenceArousal.from_dict(va),
-            expression=None if expression is None else Expression.from_dict(expression),
-            aus=None if aus is None else ActionUnits.from_dict(aus),
+            **values,
         )
 
 
@@ -742,13 +945,10 @@ class ImagePrediction:
         action_units: Sequence[str] | None = None,
         tasks: Sequence[str] = TASKS,
     ) -> list[dict[str, object]]:
-        """Return this image's table rows; see :func:`to_rows`."""
+        """Return this image's table rows; see :func:`~affectfpn.inference.tables.to_rows`."""
+        from affectfpn.inference.tables import to_rows
+
         return to_rows(self, expressions=expressions, action_units=action_units, tasks=tasks)
-
-
-# --------------------------------------------------------------------------------------------
-# table form
-# --------------------------------------------------------------------------------------------
 
 
 def _check_names(names: Sequence[str], what: str) -> tuple[str, ...]:
@@ -763,386 +963,15 @@ def _check_names(names: Sequence[str], what: str) -> tuple[str, ...]:
     return out
 
 
-def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    chosen = _check_names(tasks, "tasks")
-    unknown = [task for task in chosen if task not in TASKS]
-    if unknown:
-        raise InputError(f"unknown task(s) {unknown}; tasks must be among {TASKS}")
-    return chosen
+#: Names that moved to :mod:`affectfpn.inference.tables`, still importable from here.
+_TABLE_NAMES = frozenset({"CsvWriter", "table_columns", "to_pandas", "to_rows", "write_csv"})
 
 
-#: The library's own names, for predictions that carry none.
-_LIBRARY_LABELS = LabelNames()
+def __getattr__(name: str) -> Any:
+    # The table functions import this module, so they are looked up on first use rather than
+    # imported here (which would be an import circle).
+    if name in _TABLE_NAMES:
+        from affectfpn.inference import tables
 
-
-def table_columns(
-    expressions: Sequence[str] = EXPRESSIONS,
-    action_units: Sequence[str] = ACTION_UNITS,
-    tasks: Sequence[str] = TASKS,
-) -> list[str]:
-    """Return the ordered column names of :func:`to_rows` / :func:`write_csv`.
-
-    Args:
-        expressions: Expression names, one ``expr_<Name>`` column each (label order).
-        action_units: Library AU names (``"AU1"``, ...), giving ``AU01_p`` ... then ``AU01_c`` ...
-        tasks: Which task column groups to include (a subset of ``TASKS``); the columns always
-            keep the order of the module docstring, whatever the order of ``tasks``.
-
-    Returns:
-        ``source, face_id, success, confidence, x1, y1, x2, y2``, then ``valence, arousal`` (task
-        "va"), ``expression, expr_<Name>...`` (task "expression"), ``AU<NN>_p...,
-        AU<NN>_c...`` (task "au").
-
-    Raises:
-        InputError: If a task is unknown, names repeat, or an AU name is not ``AU<number>``.
-    """
-    chosen = _check_tasks(tasks)
-    expressions = _check_names(expressions, "expressions")
-    action_units = _check_names(action_units, "action_units")
-    columns = list(_BASE_COLUMNS)
-    if "va" in chosen:
-        columns += ["valence", "arousal"]
-    if "expression" in chosen:
-        columns.append("expression")
-        columns += [f"expr_{name}" for name in expressions]
-    if "au" in chosen:
-        stems = [openface_au_name(name) for name in action_units]
-        if len(set(stems)) != len(stems):
-            raise InputError(f"action_units {action_units} map to repeated columns {stems}")
-        columns += [f"{stem}_p" for stem in stems]
-        columns += [f"{stem}_c" for stem in stems]
-    if len(set(columns)) != len(columns):
-        raise InputError(f"expression names {expressions} give repeated columns: {columns}")
-    return columns
-
-
-def _iter_images(
-    predictions: ImagePrediction | Iterable[ImagePrediction],
-) -> Iterator[ImagePrediction]:
-    """Check the argument now, then iterate lazily over its images."""
-    if isinstance(predictions, ImagePrediction):
-        return iter((predictions,))
-    if isinstance(predictions, (str, bytes, Mapping)) or not isinstance(predictions, Iterable):
-        raise InputError(
-            "predictions must be an ImagePrediction or an iterable of them, "
-            f"got {type(predictions).__name__}"
-        )
-
-    def generate() -> Iterator[ImagePrediction]:
-        for i, pred in enumerate(predictions):
-            if not isinstance(pred, ImagePrediction):
-                raise InputError(
-                    f"predictions[{i}] is a {type(pred).__name__}, not an ImagePrediction"
-                )
-            yield pred
-
-    return generate()
-
-
-def _lookup(probabilities: Mapping[str, float], name: str, face: str, what: str) -> float:
-    try:
-        return probabilities[name]
-    except KeyError:
-        raise InputError(
-            f"{face} has no {what} {name!r} (it has {tuple(probabilities)}); pass the model's "
-            f"label names, e.g. expressions=model.config.expressions, "
-            f"action_units=model.config.action_units"
-        ) from None
-
-
-def _image_rows(
-    pred: ImagePrediction,
-    columns: Sequence[str],
-    expressions: tuple[str, ...],
-    action_units: tuple[str, ...],
-    tasks: tuple[str, ...],
-) -> Iterator[dict[str, object]]:
-    """Yield the rows of one image (one per face, or one no-face row)."""
-    empty: dict[str, object] = dict.fromkeys(columns)
-    if not pred.faces:
-        row = dict(empty)
-        row.update(source=pred.source, face_id=-1, success=0)
-        yield row
-        return
-    stems = [openface_au_name(name) for name in action_units] if "au" in tasks else []
-    for face in pred.faces:
-        where = f"face {face.face_id} of {pred.source!r}"
-        row = dict(empty)
-        row.update(source=pred.source, face_id=face.face_id, success=1, confidence=face.score)
-        if face.box is not None:
-            row.update(zip(("x1", "y1", "x2", "y2"), face.box, strict=True))
-        if "va" in tasks and face.va is not None:
-            row.update(valence=face.va.valence, arousal=face.va.arousal)
-        if "expression" in tasks and face.expression is not None:
-            probabilities = face.expression.probabilities
-            row["expression"] = face.expression.label
-            for name in expressions:
-                row[f"expr_{name}"] = _lookup(probabilities, name, where, "expression")
-        if "au" in tasks and face.aus is not None:
-            aus = face.aus
-            for name, stem in zip(action_units, stems, strict=True):
-                p = _lookup(aus.probabilities, name, where, "action unit")
-                row[f"{stem}_p"] = p
-                row[f"{stem}_c"] = int(p >= aus.threshold)
-        yield row
-
-
-def _names(
-    first: ImagePrediction | None,
-    expressions: Sequence[str] | None,
-    action_units: Sequence[str] | None,
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The label names of a table: those given, else the first prediction's, else the library's."""
-    labels = _LIBRARY_LABELS
-    if first is not None and first.labels is not None:
-        labels = first.labels
-    return (
-        labels.expressions if expressions is None else _check_names(expressions, "expressions"),
-        labels.action_units if action_units is None else _check_names(action_units, "action_units"),
-    )
-
-
-def to_rows(
-    predictions: ImagePrediction | Iterable[ImagePrediction],
-    *,
-    expressions: Sequence[str] | None = None,
-    action_units: Sequence[str] | None = None,
-    tasks: Sequence[str] = TASKS,
-) -> list[dict[str, object]]:
-    """Turn predictions into table rows: one per face, one ``success`` 0 row per faceless image.
-
-    Args:
-        predictions: One :class:`ImagePrediction` or an iterable of them (e.g. video frames).
-        expressions: Expression names for the ``expr_<Name>`` columns; default: the first
-            prediction's ``labels`` (the model's names), else the library's.
-        action_units: Library AU names for the ``AU<NN>_p`` / ``AU<NN>_c`` columns; default as
-            for ``expressions``.
-        tasks: Task column groups to include; see :func:`table_columns`.
-
-    Returns:
-        A list of dicts whose keys are :func:`table_columns` in order. Values are builtins:
-        ``str`` (source, expression), ``int`` (face_id, success, ``_c``), ``float`` or ``None``
-        (an empty cell: the model lacks the task, or no face was found).
-
-    Raises:
-        InputError: If a face lacks one of the given expression or AU names, or see
-            :func:`table_columns`.
-    """
-    images = list(_iter_images(predictions))
-    expr_names, au_names = _names(images[0] if images else None, expressions, action_units)
-    columns = table_columns(expr_names, au_names, tasks)
-    chosen = _check_tasks(tasks)
-    return [
-        row for image in images for row in _image_rows(image, columns, expr_names, au_names, chosen)
-    ]
-
-
-def to_pandas(
-    predictions: ImagePrediction | Iterable[ImagePrediction],
-    *,
-    expressions: Sequence[str] | None = None,
-    action_units: Sequence[str] | None = None,
-    tasks: Sequence[str] = TASKS,
-) -> Any:
-    """The table of :func:`to_rows` as a pandas DataFrame: the CSV's columns, one row per face.
-
-    Video frames (``FramePrediction``) add ``frame`` and ``timestamp`` first, as the video CSV
-    does. Integer columns (``face_id``, ``success``, ``AU<NN>_c``) are pandas' nullable
-    ``Int64``; an empty cell (a task the model lacks, an image without a face) is missing
-    (``<NA>`` / NaN). Needs pandas: ``pip install 'affectfpn[pandas]'``.
-    """
-    try:
-        import pandas as pd
-    except ImportError:
-        from affectfpn.errors import MissingExtraError
-
-        raise MissingExtraError(
-            "to_pandas needs pandas: pip install 'affectfpn[pandas]' (or pip install pandas)"
-        ) from None
-    images = list(_iter_images(predictions))
-    expr_names, au_names = _names(images[0] if images else None, expressions, action_units)
-    columns = table_columns(expr_names, au_names, tasks)
-    chosen = _check_tasks(tasks)
-    frames = bool(images) and all(
-        isinstance(getattr(image, "index", None), int)
-        and isinstance(getattr(image, "timestamp", None), float | int)
-        for image in images
-    )
-    rows: list[dict[str, object]] = []
-    for image in images:
-        lead = (
-            {"frame": image.index, "timestamp": float(image.timestamp)}  # type: ignore[attr-defined]
-            if frames
-            else {}
-        )
-        for row in _image_rows(image, columns, expr_names, au_names, chosen):
-            rows.append({**lead, **row})
-    names = [*(["frame", "timestamp"] if frames else []), *columns]
-    table = pd.DataFrame.from_records(rows, columns=names)
-    for name in names:
-        if name in ("frame", "face_id", "success") or (
-            name.startswith("AU") and name.endswith("_c")
-        ):
-            table[name] = table[name].astype("Int64")
-        elif name in ("source", "expression"):
-            table[name] = table[name].astype("string")
-        else:
-            table[name] = table[name].astype("float64")
-    return table
-
-
-def _format_cell(value: object, precision: int) -> object:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{precision}f}"
-    return value
-
-
-class CsvWriter:
-    """Write predictions as CSV rows as they come: the one writer of every table.
-
-    The header is written with the first prediction (whose ``labels`` give the columns unless
-    ``expressions`` / ``action_units`` are given), or at :meth:`close` when there was none.
-    Use it as a context manager, or call :meth:`close`.
-
-    Args:
-        path_or_file: A path (created or overwritten, UTF-8) or an open text file (open it with
-            ``newline=""``, as the csv module asks); an open file is not closed.
-        expressions: Expression names of the ``expr_<Name>`` columns; see :func:`to_rows`.
-        action_units: AU names of the AU columns; see :func:`to_rows`.
-        tasks: Task column groups to include; see :func:`table_columns`.
-        precision: Number of decimals for floats (>= 0).
-
-    Attributes:
-        rows: Rows written so far (not counting the header).
-        columns: The header, once written (``None`` before).
-
-    Raises:
-        InputError: A bad argument, or see :func:`to_rows`.
-    """
-
-    #: Columns written before those of :func:`table_columns` (none here; the video's writer
-    #: adds ``frame`` and ``timestamp``), with their values from :meth:`leading_values`.
-    leading_columns: tuple[str, ...] = ()
-
-    def __init__(
-        self,
-        path_or_file: str | os.PathLike[str] | TextIO,
-        *,
-        expressions: Sequence[str] | None = None,
-        action_units: Sequence[str] | None = None,
-        tasks: Sequence[str] = TASKS,
-        precision: int = 6,
-    ) -> None:
-        precision = _to_int(precision, "precision")
-        if precision < 0:
-            raise InputError(f"precision must be >= 0, got {precision}")
-        self._precision = precision
-        self._tasks = _check_tasks(tasks)
-        self._given = (
-            None if expressions is None else _check_names(expressions, "expressions"),
-            None if action_units is None else _check_names(action_units, "action_units"),
-        )
-        self._names: tuple[tuple[str, ...], tuple[str, ...]] | None = None
-        self.columns: list[str] | None = None
-        self.rows = 0
-        self._owned: TextIO | None = None
-        if isinstance(path_or_file, (str, os.PathLike)):
-            self._owned = open(path_or_file, "w", newline="", encoding="utf-8")  # noqa: SIM115
-            handle: TextIO = self._owned
-        elif isinstance(path_or_file, io.IOBase) or callable(getattr(path_or_file, "write", None)):
-            handle = path_or_file
-        else:
-            raise InputError(
-                "path_or_file must be a path or an open text file, got "
-                f"{type(path_or_file).__name__}"
-            )
-        self._writer = csv.writer(handle)
-
-    def leading_values(self, prediction: ImagePrediction) -> dict[str, object]:
-        """The values of :attr:`leading_columns` for one prediction."""
-        return {}
-
-    def _header(self, first: ImagePrediction | None) -> list[str]:
-        if self.columns is None:
-            self._names = _names(first, *self._given)
-            self.columns = [*self.leading_columns, *table_columns(*self._names, self._tasks)]
-            self._writer.writerow(self.columns)
-        return self.columns
-
-    def add(self, prediction: ImagePrediction) -> int:
-        """Write the rows of one prediction (one per face, or one no-face row); their number."""
-        if not isinstance(prediction, ImagePrediction):
-            raise InputError(
-                f"CsvWriter.add takes an ImagePrediction, got {type(prediction).__name__}"
-            )
-        columns = self._header(prediction)
-        assert self._names is not None
-        leading = self.leading_values(prediction)
-        count = 0
-        table = columns[len(self.leading_columns) :]
-        for row in _image_rows(prediction, table, *self._names, self._tasks):
-            row.update(leading)
-            self._writer.writerow([_format_cell(row[c], self._precision) for c in columns])
-            count += 1
-        self.rows += count
-        return count
-
-    def close(self) -> None:
-        """Write the header if nothing was added, and close the file if it was opened here."""
-        try:
-            self._header(None)
-        finally:
-            if self._owned is not None:
-                self._owned.close()
-                self._owned = None
-
-    def __enter__(self) -> "CsvWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def write_csv(
-    predictions: ImagePrediction | Iterable[ImagePrediction],
-    path_or_file: str | os.PathLike[str] | TextIO,
-    *,
-    expressions: Sequence[str] | None = None,
-    action_units: Sequence[str] | None = None,
-    tasks: Sequence[str] = TASKS,
-    precision: int = 6,
-) -> int:
-    """Write predictions as a CSV table (header, then :func:`to_rows`' rows).
-
-    Rows are written as they are produced, so a generator of video frames is never held in
-    memory at once. Floats are written with ``precision`` decimals, missing values as empty cells.
-
-    Args:
-        predictions: One :class:`ImagePrediction` or an iterable of them.
-        path_or_file: A path (the file is created or overwritten, UTF-8) or an open text file
-            (open it with ``newline=""``, as the csv module asks); an open file is not closed.
-        expressions: Expression names for the ``expr_<Name>`` columns; default: the first
-            prediction's ``labels`` (the model's names), else the library's.
-        action_units: Library AU names for the AU columns; default as for ``expressions``.
-        tasks: Task column groups to include; see :func:`table_columns`.
-        precision: Number of decimals for floats (>= 0).
-
-    Returns:
-        The number of rows written (not counting the header).
-
-    Raises:
-        InputError: See :func:`to_rows`; also if ``precision`` is negative.
-    """
-    images = _iter_images(predictions)
-    with CsvWriter(
-        path_or_file,
-        expressions=expressions,
-        action_units=action_units,
-        tasks=tasks,
-        precision=precision,
-    ) as writer:
-        for image in images:
-            writer.add(image)
-    return writer.rows
+        return getattr(tables, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,23 +3,20 @@
 Public through :mod:`affectfpn.video`.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from affectfpn.errors import InputError
-from affectfpn.inference.results import (
-    ActionUnits,
-    Expression,
-    FacePrediction,
-    LabelNames,
-    ValenceArousal,
-)
+from affectfpn.inference.results import FACE_FIELDS, FaceField, FacePrediction, LabelNames
 from affectfpn.video.types import FramePrediction, VideoInfo
 
 __all__ = ["VideoResult", "main_face"]
+
+#: Position of the first face field's numbers in a collected row (after the box and score).
+_FIELDS_START = 5
 
 
 def main_face(faces: Sequence[FacePrediction]) -> FacePrediction | None:
@@ -65,6 +62,9 @@ class VideoResult:
         va: ``(R, 2)`` float32 valence, arousal.
         expression: ``(R, len(expressions))`` float32 probabilities.
         au: ``(R, len(action_units))`` float32 probabilities.
+
+    Each face field of :data:`~affectfpn.inference.results.FACE_FIELDS` has its array here,
+    named after its task (``va``, ``expression``, ``au``), with one column per number.
     """
 
     info: VideoInfo
@@ -91,6 +91,11 @@ class VideoResult:
             f"VideoResult(source={self.info.source!r}, frames={len(self)}, "
             f"faces={self.face_id.shape[0]}, tracks={list(self.track_ids)})"
         )
+
+    @property
+    def labels(self) -> LabelNames:
+        """The label names of the model (:attr:`expressions`, :attr:`action_units`)."""
+        return LabelNames(self.expressions, self.action_units)
 
     @property
     def num_faces(self) -> np.ndarray:
@@ -137,11 +142,12 @@ class VideoResult:
         with :func:`~affectfpn.video.write_video_csv`."""
         starts = np.searchsorted(self.face_frame, np.arange(len(self) + 1))
         width, height = max(self.width, 1), max(self.height, 1)
-        labels = LabelNames(self.expressions, self.action_units)
+        labels = self.labels
+        fields = [(spec, spec.names(labels), getattr(self, spec.task)) for spec in FACE_FIELDS]
         for pos in range(len(self)):
             faces = []
             for row in range(int(starts[pos]), int(starts[pos + 1])):
-                faces.append(self._face(row))
+                faces.append(self._face(row, fields))
             index = int(self.frame_index[pos])
             yield FramePrediction(
                 source=f"{self.info.source}#frame={index}",
@@ -153,26 +159,23 @@ class VideoResult:
                 timestamp=float(self.timestamp[pos]),
             )
 
-    def _face(self, row: int) -> FacePrediction:
-        va = self.va[row]
-        expr = self.expression[row]
-        au = self.au[row]
+    def _face(
+        self, row: int, fields: list[tuple[FaceField[Any], tuple[str, ...], np.ndarray]]
+    ) -> FacePrediction:
+        """The face of one row; ``fields``: each face field, its names and its array."""
         score = float(self.score[row])
+        values = {}
+        for spec, names, array in fields:
+            numbers = array[row]
+            missing = numbers.size == 0 or bool(np.isnan(numbers).any())
+            values[spec.name] = (
+                None if missing else spec.from_numbers(numbers, names, self.au_threshold)
+            )
         return FacePrediction(
             box=tuple(float(v) for v in self.box[row]),  # type: ignore[arg-type]
             score=None if np.isnan(score) else score,
-            va=None
-            if np.isnan(va).any()
-            else ValenceArousal(valence=float(va[0]), arousal=float(va[1])),
-            expression=None
-            if expr.size == 0 or np.isnan(expr).any()
-            else Expression.from_probabilities(expr / expr.sum(), self.expressions),
-            aus=None
-            if au.size == 0 or np.isnan(au).any()
-            else ActionUnits.from_probabilities(
-                np.clip(au, 0, 1), self.action_units, self.au_threshold
-            ),
             face_id=int(self.face_id[row]),
+            **values,
         )
 
 
@@ -194,7 +197,16 @@ class Collector:
         self._time: list[float] = []
         self._face_frame: list[int] = []
         self._face_id: list[int] = []
-        self._rows: list[np.ndarray] = []  # box, score, va, expression, au as one float32 row
+        labels = LabelNames(self.expressions, self.action_units)
+        # The face fields, their names and their columns in a row after the box and score.
+        self._fields: list[tuple[FaceField[Any], tuple[str, ...], slice]] = []
+        start = _FIELDS_START
+        for spec in FACE_FIELDS:
+            names = spec.names(labels)
+            self._fields.append((spec, names, slice(start, start + len(names))))
+            start += len(names)
+        self._width = start
+        self._rows: list[np.ndarray] = []  # box, score, then the face fields as one float32 row
         self._size = (0, 0)
 
     def add(self, frame: FramePrediction) -> None:
@@ -204,42 +216,36 @@ class Collector:
         self._time.append(frame.timestamp)
         if self._size == (0, 0):
             self._size = (frame.width, frame.height)
-        n_expr, n_au = len(self.expressions), len(self.action_units)
         for face in frame.faces:
-            row = np.full(4 + 1 + 2 + n_expr + n_au, np.nan, dtype=np.float32)
+            row = np.full(self._width, np.nan, dtype=np.float32)
             if face.box is not None:
                 row[0:4] = face.box
             if face.score is not None:
                 row[4] = face.score
-            if face.va is not None:
-                row[5:7] = (face.va.valence, face.va.arousal)
-            if face.expression is not None:
-                row[7 : 7 + n_expr] = self._lookup(face.expression.probabilities, self.expressions)
+            for spec, names, columns in self._fields:
+                value = getattr(face, spec.name)
+                if value is not None:
+                    row[columns] = self._lookup(spec, value, names)
             if face.aus is not None:
-                row[7 + n_expr :] = self._lookup(face.aus.probabilities, self.action_units)
                 self.au_threshold = face.aus.threshold
             self._face_frame.append(pos)
             self._face_id.append(face.face_id)
             self._rows.append(row)
 
     @staticmethod
-    def _lookup(probabilities: Mapping[str, float], names: tuple[str, ...]) -> list[float]:
+    def _lookup(spec: FaceField[Any], value: object, names: tuple[str, ...]) -> list[float]:
         try:
-            return [probabilities[name] for name in names]
+            return spec.lookup(value, names)
         except KeyError:
             raise InputError(
-                f"a face's labels {tuple(probabilities)} differ from {names}; collect with the "
+                f"a face's labels {spec.value_names(value)} differ from {names}; collect with the "
                 "model's label names"
             ) from None
 
     def result(self) -> VideoResult:
         """The collected :class:`VideoResult`."""
-        n_expr, n_au = len(self.expressions), len(self.action_units)
-        table = (
-            np.stack(self._rows)
-            if self._rows
-            else np.zeros((0, 7 + n_expr + n_au), dtype=np.float32)
-        )
+        table = np.stack(self._rows) if self._rows else np.zeros((0, self._width), dtype=np.float32)
+        arrays = {spec.task: table[:, columns].copy() for spec, _, columns in self._fields}
         return VideoResult(
             info=self.info,
             expressions=self.expressions,
@@ -253,7 +259,5 @@ class Collector:
             face_id=np.asarray(self._face_id, dtype=np.int64),
             box=table[:, 0:4].copy(),
             score=table[:, 4].copy(),
-            va=table[:, 5:7].copy(),
-            expression=table[:, 7 : 7 + n_expr].copy(),
-            au=table[:, 7 + n_expr :].copy(),
+            **arrays,
         )

@@ -1,5 +1,10 @@
 """Temporal smoothing of per-track predictions (valence/arousal, expression and AU probabilities).
 
+What is smoothed is every face field of :data:`~affectfpn.inference.results.FACE_FIELDS`: a
+face's numbers (:meth:`~affectfpn.inference.results.FaceField.vector`) are averaged with those of
+the same track in other frames where the field has the same layout (names, AU threshold), and
+brought back into range by the field (:meth:`~affectfpn.inference.results.FaceField.rebuild`).
+
 Public as :func:`affectfpn.video.smooth_frames`; :func:`smooth_pairs` is the same on
 ``(frame, payload)`` pairs, so that ``predict_video(return_frames=True)`` keeps each image with
 its frame through the lookahead buffer.
@@ -14,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 
 from affectfpn.errors import ConfigError, InputError
-from affectfpn.inference.results import ActionUnits, Expression, FacePrediction, ValenceArousal
+from affectfpn.inference.results import FACE_FIELDS, FacePrediction
 from affectfpn.video.types import FramePrediction
 
 __all__ = ["SMOOTHING", "check_smoothing", "smooth_pairs"]
@@ -44,46 +49,33 @@ def check_smoothing(smoothing: str | None, alpha: float, window: int) -> None:
 
 
 def _vector(face: FacePrediction) -> np.ndarray:
-    """A face's smoothable numbers: VA, expression probabilities, AU probabilities."""
+    """A face's smoothable numbers: those of each face field it has, in field order."""
     parts: list[float] = []
-    if face.va is not None:
-        parts += [face.va.valence, face.va.arousal]
-    if face.expression is not None:
-        parts += list(face.expression.probabilities.values())
-    if face.aus is not None:
-        parts += list(face.aus.probabilities.values())
+    for spec in FACE_FIELDS:
+        value = getattr(face, spec.name)
+        if value is not None:
+            parts += spec.vector(value)
     return np.asarray(parts, dtype=np.float64)
 
 
 def _rebuild(face: FacePrediction, values: np.ndarray) -> FacePrediction:
-    """``face`` with its VA and probabilities replaced by ``values`` (same layout)."""
+    """``face`` with its fields' numbers replaced by ``values`` (the layout of :func:`_vector`)."""
     offset = 0
-    va = expression = aus = None
-    if face.va is not None:
-        v, a = np.clip(values[offset : offset + 2], -1.0, 1.0)
-        va = ValenceArousal(valence=float(v), arousal=float(a))
-        offset += 2
-    if face.expression is not None:
-        names = tuple(face.expression.probabilities)
-        probs = np.clip(values[offset : offset + len(names)], 0.0, None)
-        total = probs.sum()
-        probs = probs / total if total > 0 else np.full(len(names), 1.0 / len(names))
-        expression = Expression.from_probabilities(probs, names)
-        offset += len(names)
-    if face.aus is not None:
-        names = tuple(face.aus.probabilities)
-        probs = np.clip(values[offset : offset + len(names)], 0.0, 1.0)
-        aus = ActionUnits.from_probabilities(probs, names, face.aus.threshold)
-        offset += len(names)
-    return replace(face, va=va, expression=expression, aus=aus)
+    fields: dict[str, object] = {}
+    for spec in FACE_FIELDS:
+        value = getattr(face, spec.name)
+        if value is not None:
+            size = len(spec.value_names(value))
+            fields[spec.name] = spec.rebuild(value, values[offset : offset + size])
+            offset += size
+    return replace(face, **fields)  # type: ignore[arg-type]
 
 
 def _layout(face: FacePrediction) -> tuple[object, ...]:
     """What a face's vector is made of; faces of one track must agree to be averaged."""
-    return (
-        face.va is not None,
-        None if face.expression is None else tuple(face.expression.probabilities),
-        None if face.aus is None else (tuple(face.aus.probabilities), face.aus.threshold),
+    return tuple(
+        None if (value := getattr(face, spec.name)) is None else spec.layout(value)
+        for spec in FACE_FIELDS
     )
 
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from affectfpn.errors import AffectFPNError, InputError, MissingExtraError, require_extra
 from affectfpn.inference.draw import draw
-from affectfpn.inference.results import CsvWriter, ImagePrediction, table_columns
+from affectfpn.inference.results import ImagePrediction
+from affectfpn.inference.tables import FRAME_COLUMNS, CsvWriter, frame_cells, table_columns
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 from affectfpn.video.result import VideoResult, main_face
 from affectfpn.video.types import FramePrediction
@@ -58,7 +59,7 @@ ABAW2_DEFAULTS: dict[str, str] = {
     "expression": "0",
     "au": ",".join("0" for _ in ACTION_UNITS),
 }
-_VIDEO_COLUMNS = ("frame", "timestamp")
+_VIDEO_COLUMNS = tuple(column.name for column in FRAME_COLUMNS)
 _BAD_NAME = re.compile(r"[\\/\x00]")
 
 
@@ -91,8 +92,9 @@ class CsvSink(CsvWriter):
     leading_columns = _VIDEO_COLUMNS
 
     def leading_values(self, prediction: ImagePrediction) -> dict[str, object]:
-        frame = frame_of(prediction)
-        return {"frame": frame.index, "timestamp": frame.timestamp}
+        cells = frame_cells(frame_of(prediction))
+        assert cells is not None  # a FramePrediction has an index and a timestamp
+        return cells
 
 
 class AbawSink:
