@@ -72,7 +72,8 @@ def add_parser(command: Command) -> None:
         default="auto",
         help="of --annotate: h264 (.mp4) or vp9 (.webm), which browsers play (need "
         "affectfpn[video]), or mp4v through OpenCV, which they do not; auto: vp9 for .webm, "
-        "else h264 when affectfpn[video] is installed, else mp4v (default: auto)",
+        "mp4v for .avi, else h264 when affectfpn[video] is installed, else mp4v (default: "
+        "auto)",
     )
     p.add_argument(
         "--plot",
