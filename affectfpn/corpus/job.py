@@ -40,7 +40,7 @@ from affectfpn.corpus.ledger import (
     describe_differences,
     write_error,
 )
-from affectfpn.errors import ConfigError, InputError
+from affectfpn.errors import ConfigError, Hint, InputError
 from affectfpn.inference.predictor import Predictor
 from affectfpn.inference.results import CsvWriter, ImagePrediction, to_pandas
 from affectfpn.io import atomic_write
@@ -308,8 +308,8 @@ class CorpusJob:
                 )
         if ledger.done and not self.resume:
             raise JobError(
-                f"{self.out} already holds a job with {len(ledger.done)} finished input(s): "
-                "pass resume=True (--resume) to do only what is left, or choose another folder"
+                f"{self.out} already holds a job with {len(ledger.done)} finished input(s)",
+                hint=Hint("resume", True, "to do only what is left, or choose another folder"),
             )
 
     def _write_job_file(self, spec: dict[str, Any]) -> None:
@@ -467,7 +467,7 @@ class CorpusJob:
         group: list[CorpusInput],
         pieces: list[_Images | _Video],
         errors: list[tuple[CorpusInput, str]],
-        bar: tqdm[Any],
+        bar: Any,
     ) -> None:
         readable: list[str] = []
         for item in group:
