@@ -1,0 +1,253 @@
+"""Corpus jobs: the same rows by every road, the job's overhead, Ray's cost, flat memory.
+
+Builds a synthetic corpus from ../shared (photos: FER2013 and lfw-expressions train images,
+linked or copied under new names, alternating; videos: copies of the sample videos), then:
+
+1. throughput, side by side in this process, rounds in alternating order: the plain
+   single-process prediction (``Predictor.predict_iter`` over the photos, ``analyze_video`` per
+   video, one Parquet table at the end: what ``affectfpn predict -o x.parquet`` does) against
+   the corpus job (``run_corpus``: parts, ledger, fsync); floor: job >= 0.95x plain;
+2. the rows of ``torchrun --nproc-per-node 2`` and of Ray Data with 2 workers (each timed, in
+   its own processes), and of ``--kills`` runs each SIGKILLed at a random moment and resumed,
+   equal as sets to the single-process job's rows (floats to 5 decimals);
+3. peak memory (max RSS) of the job in a fresh process at each of ``--memory-sizes`` photos.
+
+Run: ``python benchmarks/corpus.py --photos 2000 --memory-sizes 2000,20000``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, SHARED, finish, make_parser, setup, verdict
+
+VIDEOS = ("WolfgangLanger_Pexels.mp4", "face_noface.mov", "no_face.mp4")
+
+
+def build(folder: Path, photos: int, videos: int) -> Path:
+    """``photos`` photos and ``videos`` videos in ``folder`` (reused when already there)."""
+    marker = folder / f".built-{photos}-{videos}"
+    if marker.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    pools = [
+        sorted((SHARED / "data" / "fer2013" / "train").rglob("*.jpg")),
+        sorted((SHARED / "data" / "lfw-expressions" / "train").rglob("*.jpg")),
+    ]
+    for i in range(photos):
+        pool = pools[i % 2]
+        source = pool[(i // 2) % len(pool)]
+        target = folder / f"p{i:06d}.jpg"
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    for i in range(videos):
+        name = VIDEOS[i % len(VIDEOS)]
+        shutil.copyfile(SHARED / "data" / "samples" / name, folder / f"v{i:02d}{Path(name).suffix}")
+    marker.touch()
+    return folder
+
+
+def rows_of(out: Path, *, ray: bool = False) -> set[tuple[object, ...]]:
+    import math
+
+    import pandas as pd
+
+    from affectfpn.corpus import read_corpus
+
+    if ray:
+        table = pd.read_parquet(out)
+        table = table[table["error"].isna()].drop(columns="error")
+    else:
+        table = read_corpus(out)
+
+    def cell(value: object) -> object:
+        if value is None or value is pd.NA:
+            return None
+        if isinstance(value, float):
+            return None if math.isnan(value) else round(value, 5)
+        return value
+
+    columns = sorted(table.columns)
+    return {tuple(cell(v) for v in row) for row in table[columns].astype(object).itertuples(False)}
+
+
+def plain(corpus: Path, model: Any, options: dict[str, Any], target: Path) -> int:
+    """The single-process baseline: predict_iter over the photos, analyze_video per video."""
+    import pandas as pd
+
+    from affectfpn.inference.predictor import Predictor
+    from affectfpn.inference.results import to_pandas
+    from affectfpn.io import atomic_write
+    from affectfpn.video import analyze_video
+
+    files = sorted(str(p) for p in corpus.iterdir() if not p.name.startswith("."))
+    photos = [f for f in files if f.endswith(".jpg")]
+    videos = [f for f in files if not f.endswith(".jpg")]
+    predictor = Predictor(model, on_error="skip", progress=False, batch_size=64)
+    tables = [to_pandas(list(predictor.predict_iter(photos)))]
+    for video in videos:
+        tables.append(analyze_video(predictor, video, progress=False, **options).to_pandas())
+    table = pd.concat(tables, ignore_index=True)
+    atomic_write(target, lambda tmp: table.to_parquet(tmp, index=False))
+    return len(photos) + len(videos)
+
+
+JOB = (
+    "import resource, sys, json\n"
+    "from affectfpn.corpus import run_corpus\n"
+    "s = run_corpus(sys.argv[1], sys.argv[2], model=sys.argv[3], resume=True, progress=False,"
+    " every_n=int(sys.argv[4]))\n"
+    "print(json.dumps({'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
+    " 'seconds': s.seconds, 'processed': s.processed}))\n"
+)
+
+RAY = (
+    "import sys, time, ray\n"
+    "from affectfpn.corpus.ray import AffectPredictor, corpus_dataset\n"
+    "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)\n"
+    "ray.data.DataContext.get_current().enable_progress_bars = False\n"
+    "start = time.perf_counter()\n"
+    "corpus_dataset(sys.argv[1]).map_batches(AffectPredictor,"
+    " fn_constructor_kwargs={'model': sys.argv[3], 'every_n': int(sys.argv[4])},"
+    " compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5,"
+    " batch_size=256).write_parquet(sys.argv[2])\n"
+    "print('seconds', time.perf_counter() - start)\n"
+    "ray.shutdown()\n"
+)
+
+
+def python(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def main() -> None:
+    parser = make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=2000)
+    parser.add_argument("--videos", type=int, default=10)
+    parser.add_argument("--every-n", type=int, default=8, help="video frames: every n-th")
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--memory-sizes", default="2000,20000")
+    parser.add_argument("--model", default="fer2013-fast-resnet18half")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/affectfpn-corpus-bench"))
+    parser.add_argument("--skip", default="", help="comma-separated: torchrun,ray,kills,memory")
+    args = parser.parse_args()
+    if args.quick:
+        args.photos, args.videos, args.kills, args.rounds = 40, 1, 1, 1
+        args.memory_sizes, args.every_n = "20,40", 50
+    setup(args)
+    skip = set(filter(None, args.skip.split(",")))
+    from affectfpn.corpus import run_corpus
+    from affectfpn.models import AffectFPN
+
+    work = args.work
+    corpus = build(work / f"corpus-{args.photos}", args.photos, args.videos)
+    print(f"corpus:   {args.photos} photos + {args.videos} videos (every {args.every_n}th frame)")
+    print(f"model:    {args.model}")
+    model = AffectFPN.from_pretrained(args.model).eval()
+    video_options = {"every_n": args.every_n}
+    inputs = args.photos + args.videos
+
+    # 1. throughput, alternating order
+    times: dict[str, list[float]] = {"plain": [], "job": []}
+    reference = work / "job-ref"
+    for round_ in range(args.rounds):
+        order = ["plain", "job"] if round_ % 2 == 0 else ["job", "plain"]
+        for name in order:
+            shutil.rmtree(work / "out-plain.parquet", ignore_errors=True)
+            shutil.rmtree(reference, ignore_errors=True)
+            start = time.perf_counter()
+            if name == "plain":
+                plain(corpus, model, video_options, work / "out-plain.parquet")
+            else:
+                run_corpus(corpus, reference, model=model, progress=False, **video_options)
+            times[name].append(time.perf_counter() - start)
+            print(f"  round {round_ + 1} {name:5s} {inputs / times[name][-1]:7.1f} inputs/s")
+    plain_rate = inputs / statistics.median(times["plain"])
+    job_rate = inputs / statistics.median(times["job"])
+    print(f"plain:    {plain_rate:.1f} inputs/s (median of {args.rounds})")
+    print(f"job:      {job_rate:.1f} inputs/s")
+    verdict("job / plain throughput", job_rate / plain_rate, 0.95)
+    expected = rows_of(reference)
+    print(f"rows:     {len(expected)} in the single-process job")
+
+    # 2. torchrun, ray, kills
+    if "torchrun" not in skip:
+        out = work / "out-torchrun"
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        done = python(
+            "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "affectfpn", "corpus",
+            str(corpus), "--out", str(out), "-m", args.model, "--device", "cpu", "-q",
+            "--every-n", str(args.every_n),
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        same = rows_of(out) == expected
+        print(f"torchrun: 2 processes, {inputs / seconds:.1f} inputs/s with start-up "
+              f"(rc {done.returncode}); rows equal: {same}")  # fmt: skip
+    if "ray" not in skip:
+        out = work / "out-ray"
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        done = python("-c", RAY, str(corpus), str(out), args.model, str(args.every_n))
+        seconds = time.perf_counter() - start
+        inner = [float(x.split()[1]) for x in done.stdout.splitlines() if x.startswith("seconds")]
+        if done.returncode != 0 or not inner:
+            print("ray:      FAILED\n" + done.stderr[-2000:])
+        else:
+            same = rows_of(out, ray=True) == expected
+            print(f"ray:      2 workers, {inputs / inner[0]:.1f} inputs/s in the pipeline "
+                  f"({inputs / seconds:.1f} with ray.init); vs plain: "
+                  f"{inputs / inner[0] / plain_rate:.2f}x; rows equal: {same}")  # fmt: skip
+    if "kills" not in skip:
+        rng = random.Random(0)
+        job_seconds = statistics.median(times["job"])
+        for k in range(args.kills):
+            out = work / f"out-kill{k}"
+            shutil.rmtree(out, ignore_errors=True)
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            argv = [str(corpus), str(out), args.model, str(args.every_n)]
+            process = subprocess.Popen(
+                [sys.executable, "-c", JOB, *argv], env=env, stdout=subprocess.DEVNULL
+            )
+            delay = rng.uniform(3.0, 3.0 + job_seconds)  # start-up is about 3 s
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            done = python("-c", JOB, *argv)
+            result = json.loads(done.stdout.splitlines()[-1])
+            same = rows_of(out) == expected
+            print(f"kill {k + 1}:   SIGKILL after {delay:.1f} s, resume did "
+                  f"{result['processed']} of {inputs} inputs; rows equal: {same}")  # fmt: skip
+
+    # 3. memory
+    if "memory" not in skip:
+        for size in [int(s) for s in args.memory_sizes.split(",")]:
+            folder = build(work / f"corpus-{size}-photos", size, 0)
+            out = work / f"out-memory-{size}"
+            shutil.rmtree(out, ignore_errors=True)
+            done = python("-c", JOB, str(folder), str(out), args.model, str(args.every_n))
+            result = json.loads(done.stdout.splitlines()[-1])
+            print(f"memory:   {size} photos: peak RSS {result['rss_mb']:.0f} MB, "
+                  f"{size / result['seconds']:.1f} photos/s")  # fmt: skip
+    finish()
+
+
+if __name__ == "__main__":
+    main()
