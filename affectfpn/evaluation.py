@@ -278,8 +278,10 @@ def _read_exclude(exclude: ExcludeSpec) -> list[str]:
         path = Path(exclude)
         if not path.is_file():
             raise InputError(
-                f"exclude={os.fspath(path)!r} is not a file; pass the path of a text file "
-                "listing relative image paths (one per line) or a list of such paths"
+                "is not a file; pass the path of a text file listing relative image paths (one "
+                "per line) or a list of such paths",
+                option="exclude",
+                value=os.fspath(path),
             )
         return read_path_list(path)
     return [normalize_relpath(str(p), file="exclude", line=None) for p in exclude]
@@ -498,11 +500,13 @@ def _align(config: AffectFPNConfig) -> _Alignment:
 
 def _check_args(batch_size: int, num_workers: int, au_threshold: float) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise InputError(f"must be a positive integer, got {batch_size!r}", option="batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise InputError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        raise InputError(f"must be an integer >= 0, got {num_workers!r}", option="num_workers")
     if not isinstance(au_threshold, int | float) or not 0.0 < float(au_threshold) < 1.0:
-        raise InputError(f"au_threshold must be a probability in (0, 1), got {au_threshold!r}")
+        raise InputError(
+            f"must be a probability in (0, 1), got {au_threshold!r}", option="au_threshold"
+        )
 
 
 def _batches(

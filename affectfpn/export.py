@@ -201,7 +201,9 @@ def export_onnx(
 
     config = _model_config(model)
     if isinstance(opset, bool) or not isinstance(opset, int) or not 9 <= opset <= 25:
-        raise ConfigError(f"opset must be an integer ONNX opset version (e.g. 17), got {opset!r}")
+        raise ConfigError(
+            f"must be an integer ONNX opset version (e.g. 17), got {opset!r}", option="opset"
+        )
     chosen = _pick_exporter(exporter)
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +337,7 @@ class OnnxRunner:
         if "config" not in self.metadata:
             raise WeightsError(
                 f"{self.path}: no affectfpn metadata in the file; export the model with "
-                "affectfpn.export.export_onnx (or `affectfpn export --onnx`)"
+                "affectfpn.export.export_onnx (the command 'affectfpn export')"
             )
         try:
             config_data = json.loads(self.metadata["config"])

@@ -43,7 +43,7 @@ from typing import Any, cast
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from affectfpn.errors import InputError
+from affectfpn.errors import UNSET, Hint, InputError
 
 __all__ = [
     "DECODE_ERRORS",
@@ -161,8 +161,8 @@ class LoadedImage:
         return LoadedImage(rgb=rgb, source=self.source)
 
 
-def _fail(source: str, message: str) -> InputError:
-    return InputError(f"{source}: {message}")
+def _fail(source: str, message: str, hint: Hint | None = None) -> InputError:
+    return InputError(f"{source}: {message}", hint=hint)
 
 
 def _torch_module() -> Any:
@@ -377,8 +377,8 @@ def _expand_path(obj: str | os.PathLike[Any], recursive: bool) -> Iterator[tuple
         if not files:
             raise InputError(
                 f"{text}: the directory holds no image files "
-                f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
-                + ("" if recursive else "; pass recursive=True to search sub-folders")
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))})",
+                hint=None if recursive else Hint("recursive", True, "to search sub-folders"),
             )
         for name in files:
             yield name, name
@@ -550,8 +550,8 @@ def _check_pixels(size: tuple[int, int], source: str, limit: int | None) -> None
         raise _fail(
             source,
             f"the image declares {width}x{height} = {width * height:,} pixels, more than the "
-            f"limit of {limit:,} (a possible decompression bomb); if you trust the file, pass "
-            "a larger max_pixels= or downscale it first",
+            f"limit of {limit:,} (a possible decompression bomb)",
+            Hint("max_pixels", UNSET, "with a larger limit if you trust the file, or downscale it"),
         )
 
 

@@ -9,6 +9,7 @@
 """
 
 import os
+import pickle
 import stat
 import struct
 import sys
@@ -26,7 +27,15 @@ from PIL import Image
 
 from affectfpn import AffectFPN, AffectFPNConfig
 from affectfpn.cli import EXIT_ERROR, EXIT_OK, main
-from affectfpn.errors import InputError
+from affectfpn.errors import (
+    UNSET,
+    AffectFPNError,
+    ConfigError,
+    Hint,
+    InputError,
+    OfflineError,
+    WeightsError,
+)
 from affectfpn.io import iter_sources, load_image
 
 
@@ -373,83 +382,81 @@ def test_offline_hub_detector_error_names_the_flags(
 
 
 @pytest.mark.parametrize(
-    ("library", "cli"),
+    ("error", "library", "cli"),
     [
         (
+            InputError(
+                "x: no image files (.jpg)", hint=Hint("recursive", True, "to search sub-folders")
+            ),
             "x: no image files (.jpg); pass recursive=True to search sub-folders",
             "x: no image files (.jpg); pass -r (--recursive) to search sub-folders",
         ),
         (
-            "a.png: the image declares 9x9 = 81 pixels, more than the limit of 80 (a possible "
-            "decompression bomb); if you trust the file, pass a larger max_pixels= or downscale "
-            "it first",
-            "a.png: the image declares 9x9 = 81 pixels, more than the limit of 80 (a possible "
-            "decompression bomb); if you trust the file, downscale it first",
-        ),
-        ("end=3 must be greater than start=5", "--end 3 must be greater than --start 5"),
-        (
-            "every_n=2 and target_fps=5.0 both pick frames; give one",
-            "--every-n 2 and --target-fps 5.0 both pick frames; give one",
+            InputError("a.png: too large", hint=Hint("max_pixels", UNSET, "with a larger limit")),
+            "a.png: too large; pass max_pixels= with a larger limit",
+            "a.png: too large; if you trust the file, downscale it first",
         ),
         (
-            "x.onnx: no such YuNet model file; pass the path of a YuNet .onnx file (e.g. "
-            "face_detection_yunet_2023mar.onnx), or model_path=None for the embedded one",
-            "x.onnx: no such YuNet model file; pass the path of a YuNet .onnx file (e.g. "
-            "face_detection_yunet_2023mar.onnx), or --detector yunet for the embedded one",
+            WeightsError("u/m is gated", hint=Hint("token")),
+            "u/m is gated; pass token=",
+            "u/m is gated; set HF_TOKEN",
         ),
         (
-            "YuNet needs OpenCV >= 4.8 with cv2.FaceDetectorYN, found OpenCV 4.5: pip install "
-            "-U 'opencv-python>=4.8' (or use detector='haar')",
-            "YuNet needs OpenCV >= 4.8 with cv2.FaceDetectorYN, found OpenCV 4.5: pip install "
-            "-U 'opencv-python>=4.8' (or use --detector haar)",
+            InputError("is not a file", option="exclude", value="x.txt"),
+            "exclude='x.txt' is not a file",
+            "--exclude x.txt is not a file",
         ),
         (
-            "this OpenCV build (4.9) ships no haarcascade_frontalface_default.xml "
-            "(cv2.data.haarcascades); pass cascade_path= to a copy of it, or use the YuNet "
-            "detector",
-            "this OpenCV build (4.9) ships no haarcascade_frontalface_default.xml "
-            "(cv2.data.haarcascades); use the YuNet detector (--detector yunet)",
-        ),
-        (
-            "h.xml: cannot load the Haar cascade; pass cascade_path= to an OpenCV cascade XML "
-            "such as haarcascade_frontalface_default.xml",
-            "h.xml: cannot load the Haar cascade; use the YuNet detector (--detector yunet)",
-        ),
-        (
-            "Hub repo 'u/m' not found (a private repo needs token=); check the name",
-            "Hub repo 'u/m' not found (a private repo needs a token: set HF_TOKEN); check the name",
-        ),
-        (
-            "u/m is gated: accept its terms on the Hub and pass token=",
-            "u/m is gated: accept its terms on the Hub and set HF_TOKEN",
-        ),
-        (
-            "exclude='x.txt' is not a file; pass the path of a text file",
-            "--exclude x.txt is not a file; pass the path of a text file",
-        ),
-        (
+            ConfigError("is not valid; use one of 'detect', 'crop'", option="faces", value="x"),
             "faces='x' is not valid; use one of 'detect', 'crop'",
             "--faces x is not valid; use one of 'detect', 'crop'",
         ),
         (
+            ConfigError("must be an integer >= 1, got 0", option="batch_size"),
             "batch_size must be an integer >= 1, got 0",
             "--batch-size must be an integer >= 1, got 0",
         ),
         (
-            "unknown face detector 'foo'; use one of 'auto', 'yunet', 'yunet-hub', 'haar', a path "
-            "to a YuNet .onnx file, or an object with a detect(rgb) -> list[Detection] method",
-            "unknown face detector 'foo'; use one of 'auto', 'yunet', 'yunet-hub', 'haar', or a "
-            "path to a YuNet .onnx file",
+            WeightsError(
+                "h.xml: cannot load", hint=Hint("cascade_path", UNSET, "an OpenCV cascade XML")
+            ),
+            "h.xml: cannot load; pass cascade_path= an OpenCV cascade XML",
+            "h.xml: cannot load; use the YuNet detector (--detector yunet)",
         ),
-        # paths and frame names that merely contain a keyword are left alone
-        ("clip.mp4#frame=3: end=of/file.png", "clip.mp4#frame=3: end=of/file.png"),
-        ("/data/start=1/x.png: no such file", "/data/start=1/x.png: no such file"),
+        (
+            OfflineError(
+                "not cached",
+                hint=(
+                    Hint("detector", "yunet", "for the embedded one"),
+                    Hint("detector", "f.onnx"),
+                ),
+            ),
+            "not cached; pass detector='yunet' for the embedded one, or pass detector='f.onnx'",
+            "not cached; pass --detector yunet for the embedded one, or pass --detector f.onnx",
+        ),
+        # a parameter without a flag keeps its Python name; a hint about one is left out
+        (
+            ConfigError("must be > 0", option="alpha", value=0, hint=Hint("secret_knob", 3)),
+            "alpha=0 must be > 0; pass secret_knob=3",
+            "alpha=0 must be > 0",
+        ),
+        # a message that names no parameter is the same in both (paths are never rewritten)
+        (
+            InputError("/data/start=1/x.png: no such file"),
+            "/data/start=1/x.png: no such file",
+            "/data/start=1/x.png: no such file",
+        ),
     ],
 )
-def test_cli_words_rewrites_python_keywords(library: str, cli: str) -> None:
-    from affectfpn.cli._common import _cli_words
+def test_errors_name_parameters_in_python_and_flags_on_the_command_line(
+    error: AffectFPNError, library: str, cli: str
+) -> None:
+    from affectfpn.cli._common import cli_message
 
-    assert _cli_words(library) == cli
+    assert str(error) == library
+    assert cli_message(error) == cli
+    # the structure survives pickling (errors cross process boundaries in data loaders)
+    assert cli_message(pickle.loads(pickle.dumps(error))) == cli
 
 
 # ----------------------------------------------------------------------------- 5. file mode

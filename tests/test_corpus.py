@@ -233,7 +233,7 @@ def test_unwritable_output_stops_with_a_clear_error_and_keeps_the_parts(
 
     monkeypatch.setattr(job, "atomic_write", full_disk)
     out = tmp_path / "out"
-    with pytest.raises(JobError, match=r"No space left on device.*committed before.*--resume"):
+    with pytest.raises(JobError, match=r"No space left on device.*committed before.*resume=True"):
         run_corpus(corpus, out, model=MODEL, part_size=3, progress=False)
     # The first commit (blank.png, broken.jpg, clip.avi) is whole and readable.
     assert set(read_corpus(out)["input"]) == {str(corpus / "blank.png"), str(corpus / "clip.avi")}

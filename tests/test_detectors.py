@@ -294,8 +294,8 @@ def test_offline_without_cache_names_the_repo_and_fix(
         get_detector("yunet-hub")  # the opt-in Hub version; the default is embedded
     message = str(info.value)
     assert YUNET_REPO_ID in message
-    assert "model_path=" in message
-    assert "affectfpn download" in message
+    assert "detector='path/to/face_detection_yunet.onnx'" in message
+    assert "download_yunet()" in message
 
 
 @pytest.mark.shared

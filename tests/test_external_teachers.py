@@ -518,7 +518,7 @@ def test_the_landmarker_is_given_or_found_through_the_shared_variable(
     """No path into the source checkout: without model= and without $AFFECTFPN_SHARED the
     runner says what to pass (even where ../shared beside the checkout has the file)."""
     monkeypatch.delenv("AFFECTFPN_SHARED", raising=False)
-    with pytest.raises(ConfigError, match=r"--model FILE.*AFFECTFPN_SHARED"):
+    with pytest.raises(ConfigError, match=r"model=.*AFFECTFPN_SHARED"):
         mediapipe_runner.landmarker_path(None)
     image = tmp_path / "a.jpg"
     write_image(image)

@@ -6,14 +6,13 @@ import contextlib
 import glob
 import logging
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO, TypeVar
 
-from affectfpn.errors import InputError, WeightsError
+from affectfpn.errors import UNSET, AffectFPNError, Hint, InputError, WeightsError
 
 logger = logging.getLogger("affectfpn.cli")
 _Num = TypeVar("_Num", int, float)
@@ -176,9 +175,14 @@ class _LevelFormatter(logging.Formatter):
         self.with_names = with_names
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING and isinstance(record.args, tuple):
+            # An error passed as an argument of a warning ("skipped %s: %s") in CLI words.
+            record = logging.makeLogRecord(record.__dict__)
+            record.args = tuple(
+                cli_message(arg) if isinstance(arg, AffectFPNError) else arg
+                for arg in record.args  # type: ignore[union-attr]
+            )
         message = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            message = _cli_words(message)
         if record.exc_info and self.with_names:
             message += "\n" + self.formatException(record.exc_info)
         where = f"[{record.name}] " if self.with_names else ""
@@ -340,48 +344,10 @@ def _signed(value: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------------ words
-#: Library messages name keyword arguments (``recursive=True``, ``detector='yunet'``): right for
-#: Python users, wrong on the command line. These rewrites, applied to the errors and warnings
-#: the CLI prints, name its flags instead (the library's messages are unchanged).
-_CLI_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
-        (r"\brecursive=True\b", "-r (--recursive)"),
-        (r"\bon_error=(['\"])skip\1", "--skip-errors"),
-        (
-            r"if you trust the file, pass a larger max_pixels= or downscale it first",
-            "if you trust the file, downscale it first",
-        ),
-        (
-            r"pass detector=(['\"])(?P<file>[^'\"]*)\1 to predict \(--detector FILE on the "
-            r"command line, YuNetDetector\(model_path=\.\.\.\) in code\)",
-            r"pass --detector \g<file>",
-        ),
-        (r"\bmodel_path=None for the embedded one", "--detector yunet for the embedded one"),
-        (
-            r"pass cascade_path= to a copy of it, or use the YuNet detector",
-            "use the YuNet detector (--detector yunet)",
-        ),
-        (
-            r"; pass cascade_path= to an OpenCV cascade XML such as \S+",
-            "; use the YuNet detector (--detector yunet)",
-        ),
-        (r"\(a private repo needs token=\)", "(a private repo needs a token: set HF_TOKEN)"),
-        (r"\band pass token=", "and set HF_TOKEN"),
-        (
-            r", (a path to a YuNet \.onnx file), or an object with a detect\(rgb\) -> "
-            r"list\[Detection\] method",
-            r", or \1",
-        ),
-        (
-            r"read it with affectfpn\.video\.predict_video\(\) or analyze_video\(\) "
-            r"\('affectfpn video' on the command line\)",
-            "use 'affectfpn video' for it",
-        ),
-    )
-)
-#: Keyword arguments and the flags that set them.
-_CLI_FLAGS = {
+#: The library's Python parameters and the flags that set them. An error about a parameter
+#: (``AffectFPNError.option``) or a fix that sets one (``AffectFPNError.hints``) names the flag
+#: on the command line; the library's own messages name the parameter.
+CLI_FLAGS: dict[str, str] = {
     "faces": "--faces",
     "detector": "--detector",
     "batch_size": "--batch-size",
@@ -397,33 +363,68 @@ _CLI_FLAGS = {
     "exclude": "--exclude",
     "num_workers": "--num-workers",
     "opset": "--opset",
+    "recursive": "-r (--recursive)",
+    "on_error": "--on-error",
+    "resume": "--resume",
+    "evals": "--eval",
+    "model": "--model",
+    "python_executable": "--python",
 }
-_NAMES = "|".join(sorted(_CLI_FLAGS, key=len, reverse=True))
-# name=value, not inside a path or a frame name ("clip.mp4#frame=3", "/data/end=1/x.png");
-# the value is a quoted string, a number, True, False or None.
-_KEYWORD_VALUE = re.compile(
-    rf"(?<![\w.#/=-])(?P<name>{_NAMES})="
-    r"(?:'(?P<single>[^']*)'|\"(?P<double>[^\"]*)\"|(?P<plain>-?\d+(?:\.\d+)?|True|False|None))"
-    r"(?=[\s,;:)]|$)"
-)
-# A bare keyword name in "batch_size must be ...": only names with an underscore, which
-# English does not use.
-_KEYWORD_NAME = re.compile(
-    rf"(?<![\w.#/=-])(?P<name>{'|'.join(n for n in _CLI_FLAGS if '_' in n)})(?=[\s,;:)]|$)"
-)
+#: What the command line says instead of a fix that sets a parameter it has no flag for. A hint
+#: about a parameter in neither table is left out of the command line's message.
+CLI_FIXES: dict[str, str] = {
+    "token": "set HF_TOKEN",
+    "cascade_path": "use the YuNet detector (--detector yunet)",
+    "model_path": "pass --detector FILE, or --detector yunet for the embedded one",
+    "max_pixels": "if you trust the file, downscale it first",
+}
 
 
-def _cli_words(message: str) -> str:
-    """``message`` with keyword arguments replaced by the command line's flags."""
-    for pattern, replacement in _CLI_PHRASES:
-        message = pattern.sub(replacement, message)
+def _cli_value(value: object) -> str:
+    """A value as typed after a flag: ``x`` for ``'x'``, ``0.5`` for ``0.5``."""
+    return os.fspath(value) if isinstance(value, str | os.PathLike) else str(value)
 
-    def flag_value(match: re.Match[str]) -> str:
-        value = next(v for v in match.group("single", "double", "plain") if v is not None)
-        return f"{_CLI_FLAGS[match.group('name')]} {value}"
 
-    message = _KEYWORD_VALUE.sub(flag_value, message)
-    return _KEYWORD_NAME.sub(lambda m: _CLI_FLAGS[m.group("name")], message)
+def _cli_setting(option: str, value: object) -> str:
+    """``--flag value`` (or the flag alone, without a value); ``option=value`` without a flag."""
+    flag = CLI_FLAGS.get(option)
+    if flag is None:
+        return option if value is UNSET else f"{option}={value!r}"
+    return flag if value is UNSET else f"{flag} {_cli_value(value)}"
+
+
+def _cli_hint(hint: Hint) -> str | None:
+    """A hint in the command line's words, or ``None`` when it has no flag for its parameter."""
+    flag = CLI_FLAGS.get(hint.option)
+    if flag is None:
+        return CLI_FIXES.get(hint.option)
+    setting = (
+        flag if hint.value is UNSET or hint.value is True else f"{flag} {_cli_value(hint.value)}"
+    )
+    return f"pass {setting} {hint.text}".rstrip()
+
+
+def cli_message(error: BaseException) -> str:
+    """The message of ``error`` in the command line's words: the flags, not the parameters.
+
+    An :class:`~affectfpn.errors.AffectFPNError` whose ``option`` has a flag names the flag
+    (``--batch-size must be ...``, ``--faces x is not valid ...``), and its ``hints`` are worded
+    with :data:`CLI_FLAGS` / :data:`CLI_FIXES`; any other error is ``str(error)``.
+    """
+    if not isinstance(error, AffectFPNError):
+        return str(error)
+    if error.option is None and not error.hints and not error.params:
+        return str(error)
+    message = error.detail
+    if error.params:
+        message = message.format(**{k: _cli_setting(k, v) for k, v in error.params.items()})
+    if error.option is not None:
+        subject = _cli_setting(error.option, error.value)
+        message = f"{subject} {message}" if message else subject
+    hints = [text for text in map(_cli_hint, error.hints) if text is not None]
+    if hints:
+        message = f"{message}; " + ", or ".join(hints)
+    return message
 
 
 def predictor_from_args(args: argparse.Namespace, model: Any, **options: Any) -> Any:

@@ -34,7 +34,6 @@ from affectfpn.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
     PROG,
-    _cli_words,
     _common_parents,
     _epilog,
     _HelpFormatter,
@@ -43,6 +42,7 @@ from affectfpn.cli._common import (
     _os_message,
     _Parser,
     _UsageError,
+    cli_message,
 )
 from affectfpn.errors import AffectFPNError
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AffectFPNError as err:
         if args.verbose >= 2:
             traceback.print_exc()
-        _error(_cli_words(str(err)))
+        _error(cli_message(err))
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader of stdout went away (e.g. `| head`): stop quietly.

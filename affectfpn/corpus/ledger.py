@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from affectfpn.errors import AffectFPNError
+from affectfpn.errors import AffectFPNError, Hint
 
 __all__ = [
     "ERRORS_DIR",
@@ -105,8 +105,8 @@ def _write_error(where: Path, err: OSError) -> JobError:
     reason = err.strerror or str(err)
     return JobError(
         f"{where}: cannot write ({reason}); the parts committed before are complete and "
-        "readable. Free space or fix the permissions, then run again with resume=True "
-        "(--resume) to do only what is left"
+        "readable. Free space or fix the permissions, then run again",
+        hint=Hint("resume", True, "to do only what is left"),
     )
 
 

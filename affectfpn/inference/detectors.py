@@ -29,7 +29,15 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from affectfpn.errors import AffectFPNError, ConfigError, InputError, OfflineError, WeightsError
+from affectfpn.errors import (
+    UNSET,
+    AffectFPNError,
+    ConfigError,
+    Hint,
+    InputError,
+    OfflineError,
+    WeightsError,
+)
 from affectfpn.io import array_to_rgb
 
 __all__ = [
@@ -248,10 +256,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: How to name another YuNet file, for error messages.
-_YUNET_FIX = (
-    "pass detector='path/to/face_detection_yunet.onnx' to predict (--detector FILE on the "
-    f"command line, YuNetDetector(model_path=...) in code) or set {YUNET_ENV}=<path>"
+#: How to name another YuNet file, for error messages: pass ``detector=`` a file.
+_YUNET_FIX = Hint(
+    "detector",
+    "path/to/face_detection_yunet.onnx",
+    f"to use a copy you trust, or set {YUNET_ENV}=<path>",
 )
 
 
@@ -263,7 +272,8 @@ def _verify_download(path: Path) -> Path:
             raise WeightsError(
                 f"{path}: SHA-256 {actual} does not match the pinned YuNet file "
                 f"({YUNET_REPO_ID}@{YUNET_REVISION}, {YUNET_SHA256}); delete the file to "
-                f"download it again, or {_YUNET_FIX} with a copy you trust"
+                "download it again",
+                hint=_YUNET_FIX,
             )
         _verified_downloads.add(key)
     return path
@@ -282,15 +292,15 @@ def embedded_yunet() -> Path:
     if key not in _verified_downloads:
         if not path.is_file():
             raise WeightsError(
-                f"the embedded YuNet detector {path} is missing: reinstall affectfpn, or "
-                f"{_YUNET_FIX}"
+                f"the embedded YuNet detector {path} is missing: reinstall affectfpn",
+                hint=_YUNET_FIX,
             )
         actual = _sha256(path)
         if actual != EMBEDDED_YUNET_SHA256:
             raise WeightsError(
                 f"the embedded YuNet detector {path} has SHA-256 {actual}, expected "
-                f"{EMBEDDED_YUNET_SHA256}: the installation is damaged; reinstall affectfpn, or "
-                f"{_YUNET_FIX}"
+                f"{EMBEDDED_YUNET_SHA256}: the installation is damaged; reinstall affectfpn",
+                hint=_YUNET_FIX,
             )
         _verified_downloads.add(key)
     return path
@@ -350,25 +360,29 @@ def download_yunet() -> Path:
     )
 
     where = f"{YUNET_FILENAME} from the Hugging Face Hub repo {YUNET_REPO_ID}@{YUNET_REVISION}"
-    fix = (
-        f"use the embedded YuNet (detector='yunet', the default), {_YUNET_FIX}, or run "
-        "`affectfpn download --hub-detector` once while online"
-    )
+    fix = "download it once while online (download_yunet())"
+    hint = (Hint("detector", "yunet", "for the embedded YuNet (the default)"), _YUNET_FIX)
     from affectfpn._network import hub_unreachable
 
     reason = hub_unreachable()
     if reason is not None:
-        raise OfflineError(f"cannot download {where}: {reason} and it is not cached; {fix}")
+        raise OfflineError(
+            f"cannot download {where}: {reason} and it is not cached; {fix}", hint=hint
+        )
     try:
         path = hf_hub_download(
             YUNET_REPO_ID, YUNET_FILENAME, revision=YUNET_REVISION, library_name="affectfpn"
         )
     except LocalEntryNotFoundError as exc:  # network failure or HF_HUB_OFFLINE, nothing cached
-        raise OfflineError(f"cannot download {where}: offline and not cached; {fix}") from exc
+        raise OfflineError(
+            f"cannot download {where}: offline and not cached; {fix}", hint=hint
+        ) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
-        raise WeightsError(f"cannot download {where}: {exc}; {fix}") from exc
+        raise WeightsError(f"cannot download {where}: {exc}; {fix}", hint=hint) from exc
     except Exception as exc:  # connection resets, proxies, timeouts, HTTP 5xx
-        raise OfflineError(f"cannot download {where} ({type(exc).__name__}: {exc}); {fix}") from exc
+        raise OfflineError(
+            f"cannot download {where} ({type(exc).__name__}: {exc}); {fix}", hint=hint
+        ) from exc
     return _verify_download(Path(path))
 
 
@@ -436,15 +450,19 @@ class YuNetDetector:
             isinstance(min_face, int | float) and not isinstance(min_face, bool) and min_face > 0
         ):
             raise ConfigError(
-                f"min_face must be a positive number of pixels or None, got {min_face!r}"
+                f"must be a positive number of pixels or None, got {min_face!r}", option="min_face"
             )
         if model_path is not None:
             path = Path(model_path).expanduser()
             if not path.is_file():
                 raise WeightsError(
-                    f"{path}: no such YuNet model file; pass the path of a YuNet .onnx file "
-                    "(e.g. face_detection_yunet_2023mar.onnx), or model_path=None for the "
-                    "embedded one"
+                    f"{path}: no such YuNet model file",
+                    hint=Hint(
+                        "model_path",
+                        UNSET,
+                        "the path of a YuNet .onnx file (e.g. face_detection_yunet_2023mar.onnx), "
+                        "or None for the embedded one",
+                    ),
                 )
         else:
             path = default_yunet()
@@ -597,8 +615,8 @@ def _default_cascade() -> Path:
     if not folder or not Path(folder, _HAAR_FILENAME).is_file():
         raise AffectFPNError(
             f"this OpenCV build ({cv2.__version__}) ships no {_HAAR_FILENAME} "
-            "(cv2.data.haarcascades); pass cascade_path= to a copy of it, or use the YuNet "
-            "detector"
+            "(cv2.data.haarcascades)",
+            hint=Hint("cascade_path", UNSET, "a copy of it, or use the YuNet detector"),
         )
     return Path(folder, _HAAR_FILENAME)
 
@@ -641,8 +659,8 @@ class HaarDetector:
         cascade = cascade_class(str(path)) if path.is_file() else None
         if cascade is None or cascade.empty():
             raise AffectFPNError(
-                f"{path}: cannot load the Haar cascade; pass cascade_path= to an OpenCV "
-                f"cascade XML such as {_HAAR_FILENAME}"
+                f"{path}: cannot load the Haar cascade",
+                hint=Hint("cascade_path", UNSET, f"an OpenCV cascade XML such as {_HAAR_FILENAME}"),
             )
         self.cascade_path = path
         self.scale_factor = float(scale_factor)
@@ -719,7 +737,9 @@ def get_detector(
         if key == "haar":
             if min_face != DEFAULT_MIN_FACE:
                 raise ConfigError(
-                    f"min_face applies to the YuNet detector, not to detector={text!r}"
+                    "applies to the YuNet detector, not to {detector}",
+                    option="min_face",
+                    params={"detector": text},
                 )
             return HaarDetector()
         if key == "auto":

@@ -148,14 +148,16 @@ def _scaled(detection: Detection, factor: int, full_size: tuple[int, int]) -> De
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(
-            f"{name}={value!r} is not valid; use one of {', '.join(repr(c) for c in choices)}"
+            f"is not valid; use one of {', '.join(repr(c) for c in choices)}",
+            option=name,
+            value=value,
         )
     return value
 
 
 def _check_positive_int(name: str, value: object, *, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(f"must be an integer >= {low}, got {value!r}", option=name)
     return value
 
 
@@ -411,9 +413,11 @@ class Predictor:
         if num_workers is not None:
             _check_positive_int("num_workers", num_workers, low=0)
         if isinstance(au_threshold, bool) or not isinstance(au_threshold, (int, float)):
-            raise ConfigError(f"au_threshold must be a number in [0, 1], got {au_threshold!r}")
+            raise ConfigError(
+                f"must be a number in [0, 1], got {au_threshold!r}", option="au_threshold"
+            )
         if not 0.0 <= float(au_threshold) <= 1.0:
-            raise ConfigError(f"au_threshold must be in [0, 1], got {au_threshold!r}")
+            raise ConfigError(f"must be in [0, 1], got {au_threshold!r}", option="au_threshold")
         self.au_threshold = float(au_threshold)
         if progress is not None and not isinstance(progress, bool):
             raise ConfigError(f"progress must be True, False or None, got {progress!r}")
@@ -660,10 +664,11 @@ class Predictor:
                         raise prepared.error
                     message = str(prepared.error)
                     self.failures.append((prepared.source, message))
+                    # The error itself is the argument: a front end may word it its own way.
                     if prepared.source in message:  # the message names the input already
-                        logger.warning("skipped: %s", message)
+                        logger.warning("skipped: %s", prepared.error)
                     else:
-                        logger.warning("skipped %s: %s", prepared.source, message)
+                        logger.warning("skipped %s: %s", prepared.source, prepared.error)
                     continue
                 count = len(prepared.crops)
                 record = _Pending(prepared, [None] * count, [None] * count, [None] * count, count)

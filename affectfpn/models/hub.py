@@ -17,7 +17,7 @@ import torch
 from affectfpn._network import hub_unreachable
 from affectfpn._version import __version__
 from affectfpn.config import AffectFPNConfig
-from affectfpn.errors import AffectFPNError, ConfigError, OfflineError, WeightsError
+from affectfpn.errors import UNSET, AffectFPNError, ConfigError, Hint, OfflineError, WeightsError
 from affectfpn.io import atomic_write
 
 if TYPE_CHECKING:
@@ -304,10 +304,13 @@ def _hub_error(err: Exception, repo_id: str, revision: str | None, filename: str
             f"(affectfpn download {repo_id}), or pass a local folder to from_pretrained"
         )
     if isinstance(err, hf_errors.GatedRepoError):
-        return WeightsError(f"{where} is gated: accept its terms on the Hub and pass token=")
+        return WeightsError(
+            f"{where} is gated: accept its terms on the Hub", hint=Hint("token", UNSET, "")
+        )
     if isinstance(err, hf_errors.RepositoryNotFoundError):
         return WeightsError(
-            f"Hub repo {repo_id!r} not found (a private repo needs token=); check the name"
+            f"Hub repo {repo_id!r} not found: check the name",
+            hint=Hint("token", UNSET, "for a private repo"),
         )
     if isinstance(err, hf_errors.RevisionNotFoundError):
         return WeightsError(f"Hub repo {repo_id!r} has no revision {revision!r}")

@@ -118,7 +118,10 @@ def publish(
     from affectfpn.evaluation import evaluate
 
     if not evals:
-        raise ConfigError("publish needs at least one --eval: a model is shipped with figures")
+        raise ConfigError(
+            "is empty: publish needs at least one evaluation, a model is shipped with figures",
+            option="evals",
+        )
     card = dict(card or {})
     model = AffectFPN.from_pretrained(source)
     metrics: dict[str, dict[str, float]] = {}

@@ -498,7 +498,9 @@ def smooth_frames(
         active AUs recomputed), lazily, one per input frame.
     """
     if smoothing not in SMOOTHING:
-        raise ConfigError(f"smoothing={smoothing!r} is not valid; use 'ema' or 'centered'")
+        raise ConfigError(
+            "is not valid; use 'ema' or 'centered'", option="smoothing", value=smoothing
+        )
     pairs = ((frame, None) for frame in iterate(frames, "smooth_frames"))
     return (frame for frame, _ in smooth_pairs(pairs, smoothing, alpha=alpha, window=window))  # type: ignore[arg-type]
 

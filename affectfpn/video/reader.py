@@ -64,7 +64,7 @@ def is_capture(obj: object) -> bool:
 
 def _positive_int(name: str, value: object, *, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        raise ConfigError(f"must be an integer >= {low}, got {value!r}", option=name)
     return int(value)
 
 
@@ -102,9 +102,9 @@ class VideoReader:
         self.every_n = _positive_int("every_n", every_n, low=1)
         if target_fps is not None:
             if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)):
-                raise ConfigError(f"target_fps must be a number > 0, got {target_fps!r}")
+                raise ConfigError(f"must be a number > 0, got {target_fps!r}", option="target_fps")
             if not math.isfinite(target_fps) or target_fps <= 0:
-                raise ConfigError(f"target_fps must be a number > 0, got {target_fps!r}")
+                raise ConfigError(f"must be a number > 0, got {target_fps!r}", option="target_fps")
             if self.every_n != 1:
                 raise ConfigError(
                     f"every_n={every_n} and target_fps={target_fps} both pick frames; give one"
@@ -115,13 +115,20 @@ class VideoReader:
                 isinstance(value, bool) or not isinstance(value, (int, np.integer))
             ):
                 raise ConfigError(
-                    f"{name}={value!r} must be a frame index (int) or None; to start at t "
-                    "seconds pass int(t * fps) (fps: VideoInfo.fps)"
+                    "must be a frame index (int) or None; to start at t seconds pass "
+                    "int(t * fps) (fps: VideoInfo.fps)",
+                    option=name,
+                    value=value,
                 )
         self.start = 0 if start is None else _positive_int("start", start, low=0)
         self.end = None if end is None else _positive_int("end", end, low=0)
         if self.end is not None and self.end <= self.start:
-            raise ConfigError(f"end={end} must be greater than start={self.start}")
+            raise ConfigError(
+                "must be greater than {start}",
+                option="end",
+                value=end,
+                params={"start": self.start},
+            )
 
         self._owns = False
         if isinstance(source, (str, os.PathLike)):

@@ -36,7 +36,9 @@ _STATE_TTL = 1000
 def check_smoothing(smoothing: str | None, alpha: float, window: int) -> None:
     """Validate the smoothing options (raises :class:`ConfigError`)."""
     if smoothing is not None and smoothing not in SMOOTHING:
-        raise ConfigError(f"smoothing={smoothing!r} is not valid; use None, 'ema' or 'centered'")
+        raise ConfigError(
+            "is not valid; use None, 'ema' or 'centered'", option="smoothing", value=smoothing
+        )
     if (
         isinstance(alpha, bool)
         or not isinstance(alpha, (int, float))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from affectfpn.data.pseudo import dataset_keys
-from affectfpn.errors import AffectFPNError, ConfigError
+from affectfpn.errors import UNSET, AffectFPNError, ConfigError, Hint
 from affectfpn.recipes import blendshapes
 
 __all__ = [
@@ -72,16 +72,24 @@ def landmarker_path(model: str | os.PathLike[str] | None = None) -> str:
         shared = os.environ.get(SHARED_ENV)
         if not shared:
             raise ConfigError(
-                "no Face Landmarker model given: pass model= (--model FILE on the command line) "
-                f"with the path of face_landmarker.task, or set {SHARED_ENV} to the shared "
-                f"folder that holds {DEFAULT_LANDMARKER}"
+                "no Face Landmarker model given",
+                hint=Hint(
+                    "model",
+                    UNSET,
+                    f"the path of face_landmarker.task, or set {SHARED_ENV} to the shared "
+                    f"folder that holds {DEFAULT_LANDMARKER}",
+                ),
             )
         model = Path(shared) / DEFAULT_LANDMARKER
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ConfigError(
-            f"Face Landmarker model {path!r} not found (pass model= / --model FILE with the path "
-            f"of face_landmarker.task, or set {SHARED_ENV} to the shared folder)"
+            f"Face Landmarker model {path!r} not found",
+            hint=Hint(
+                "model",
+                UNSET,
+                f"the path of face_landmarker.task, or set {SHARED_ENV} to the shared folder",
+            ),
         )
     return path
 
@@ -165,7 +173,7 @@ def run_blendshape_teacher(
         tail = "\n".join((done.stderr or done.stdout or "").strip().splitlines()[-15:])
         raise TeacherProcessError(
             f"the blendshape teacher failed (exit {done.returncode}) running {python}; does it "
-            f"have mediapipe==1.2.3 (pass python_executable= / --python, or set "
+            f"have mediapipe==1.2.3 (pass python_executable=, or set "
             f"{MEDIAPIPE_PYTHON_ENV})?\n{tail}"
         )
     if not out.is_file():
