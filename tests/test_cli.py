@@ -29,7 +29,16 @@ from affectfpn.inference import detectors
 from affectfpn.inference.results import table_columns
 from affectfpn.models import registry
 
-COMMANDS = ("predict", "video", "evaluate", "train", "export", "publish", "models", "download")
+
+def _commands() -> tuple[str, ...]:
+    """Every subcommand the parser registers (a new one is tested without editing this file)."""
+    from affectfpn.cli.app import build_parser
+
+    actions = build_parser()._subparsers._group_actions  # type: ignore[union-attr]
+    return tuple(name for action in actions for name in action.choices)
+
+
+COMMANDS = _commands()
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +93,17 @@ def test_every_subcommand_help_shows_an_example(
     examples = out.split("examples:", 1)
     assert len(examples) == 2, out
     assert f"affectfpn {command}" in examples[1]
+
+
+def test_the_package_docstring_lists_every_command() -> None:
+    import affectfpn.cli
+
+    listed = {
+        line.split()[1]
+        for line in (affectfpn.cli.__doc__ or "").splitlines()
+        if line.strip().startswith("affectfpn ") and len(line.split()) > 1
+    }
+    assert set(COMMANDS) <= listed, set(COMMANDS) - listed
 
 
 def test_top_level_help_lists_commands_and_version(capsys: pytest.CaptureFixture[str]) -> None:

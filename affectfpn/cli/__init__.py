@@ -2,10 +2,16 @@
 
 Subcommands::
 
-    affectfpn predict   IMAGES...  faces in images -> a table (text, CSV or JSON)
-    affectfpn video     VIDEO      per-frame predictions -> CSV, ABAW2 files, annotated video, plot
+    affectfpn predict   IMAGES...  faces in images -> a table (text, CSV, JSON or Parquet)
+    affectfpn corpus    INPUT      a resumable job over a corpus of photos and videos -> parts
+    affectfpn video     VIDEO|DIR  per-frame predictions -> CSV, ABAW2 files, annotated video, plot
     affectfpn evaluate  DATASET    ABAW2 scores on an image folder, Aff-Wild2 root or label CSV
+    affectfpn calibrate --val DATA fit the expression temperature on a validation set
     affectfpn train     RECIPE     run a training recipe (TOML)
+    affectfpn finetune  TRAIN VAL  fine-tune a pretrained model on your own labelled faces
+    affectfpn distill   --teacher  a teacher's soft labels for a dataset -> label CSV
+    affectfpn soup      MODELS...  average the weights of trained model folders
+    affectfpn teachers  COMMAND    external AU teachers: MediaPipe blendshapes, tables, agreement
     affectfpn export    --onnx F   ONNX file and/or a Hub-ready folder
     affectfpn publish   RUN/best   evaluate, card and register a trained model folder
     affectfpn models               the registry of pretrained models and their metrics
