@@ -151,6 +151,7 @@ def main() -> None:
     if args.quick:
         args.photos, args.videos, args.kills, args.rounds = 40, 1, 1, 1
         args.memory_sizes, args.every_n = "20,40", 50
+        args.skip = args.skip or "torchrun,ray"  # tests/test_corpus*.py run both
     setup(args)
     skip = set(filter(None, args.skip.split(",")))
     from affectfpn.corpus import run_corpus

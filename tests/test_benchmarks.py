@@ -27,6 +27,7 @@ SCRIPTS = {
     "robustness.py": "photo",
     "gpu.py": "cuda_available",
     "cli_startup.py": "floor:",
+    "corpus.py": "job / plain throughput",
 }
 
 
