@@ -20,10 +20,6 @@ Import = tuple[str, bool, list[str]]  # (imported module, at module level, names
 
 # Upward imports kept on purpose, each with its reason: (importing module, imported module).
 ALLOWED_UPWARD = {
-    # ``python -m affectfpn.recipes.recipe`` (for ``torchrun -m``) is ``affectfpn train``.
-    ("affectfpn.recipes.recipe", "affectfpn.cli"),
-    # ``python -m affectfpn.recipes.publish`` (kept for existing scripts) is ``affectfpn publish``.
-    ("affectfpn.recipes.publish", "affectfpn.cli"),
     # The table functions moved from results to tables (which imports results); results still
     # gives them (on first use, PEP 562 ``__getattr__``), and ``ImagePrediction.to_rows``.
     ("affectfpn.inference.results", "affectfpn.inference.tables"),

@@ -3,6 +3,8 @@ checks that name the setting at fault, dataset building, fine-tuning, and the sh
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -345,3 +347,23 @@ def test_every_shipped_training_recipe_parses(
             assert "${" not in table  # every variable expanded
     init = recipe.table("model").get("init")
     assert init is None or "${" not in init
+
+
+def test_python_dash_m_recipes_recipe_becomes_affectfpn_train(tmp_path: Path) -> None:
+    """The old spelling (also ``torchrun -m affectfpn.recipes.recipe``) replaces its own process
+    by ``affectfpn train`` rather than waiting on a child, so a launcher's signals reach the
+    command: the replaced interpreter never runs its exit handlers."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('the alias process exited on its own'))\n"
+        "sys.argv = ['recipe.py', '--help']\n"
+        "runpy.run_module('affectfpn.recipes.recipe', run_name='__main__', alter_sys=True)\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, str(probe)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: affectfpn train"), done.stdout[:500]
+    assert "exited on its own" not in done.stdout

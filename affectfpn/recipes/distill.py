@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,4 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from affectfpn._alias import exec_command
+
+    raise SystemExit(exec_command("distill"))

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -231,12 +230,15 @@ def _first_figure(values: dict[str, float]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m affectfpn.recipes.publish SOURCE [options]``: the same as
-    ``affectfpn publish SOURCE [options]`` (kept for existing scripts)."""
-    from affectfpn.cli import main as cli_main
+    """``python -m affectfpn.recipes.publish SOURCE [options]``: an alias of
+    ``affectfpn publish SOURCE [options]`` (kept for existing scripts; the command line lives in
+    :mod:`affectfpn.cli`, which this module does not import)."""
+    from affectfpn._alias import run_command
 
-    return cli_main(["publish", *(sys.argv[1:] if argv is None else argv)])
+    return run_command("publish", argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from affectfpn._alias import exec_command
+
+    raise SystemExit(exec_command("publish"))

@@ -23,7 +23,6 @@ Run a recipe from the command line with::
 import copy
 import os
 import re
-import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -180,11 +179,12 @@ def run_recipe(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m affectfpn.recipes.recipe RECIPE [options]``, the same as
-    ``affectfpn train RECIPE [options]`` (for ``torchrun -m``, which needs a module)."""
-    from affectfpn.cli import main as cli_main
+    """Command line: ``python -m affectfpn.recipes.recipe RECIPE [options]``, an alias of
+    ``affectfpn train RECIPE [options]`` (kept for existing scripts and ``torchrun -m``; the
+    command line lives in :mod:`affectfpn.cli`, which this module does not import)."""
+    from affectfpn._alias import run_command
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    return run_command("train", argv)
 
 
 __all__ = [
@@ -202,4 +202,6 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from affectfpn._alias import exec_command
+
+    raise SystemExit(exec_command("train"))
