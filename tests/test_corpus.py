@@ -206,9 +206,11 @@ def test_resume_with_other_options_or_model_is_refused_naming_them(
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    with pytest.raises(JobError, match=r"au_threshold=0\.5 \(this run: au_threshold=0\.7\)"):
+    with pytest.raises(JobError, match=r"au_threshold=0\.7 \(the job has 0\.5\)"):
         run_corpus(corpus, out, model=MODEL, resume=True, au_threshold=0.7, progress=False)
-    with pytest.raises(JobError, match=r"model='fer2013-fast-resnet18half'.*weights_sha256"):
+    with pytest.raises(
+        JobError, match=r"\(the job has 'fer2013-fast-resnet18half'\).*weights_sha256"
+    ):
         run_corpus(corpus, out, resume=True, progress=False)  # the default model
     with pytest.raises(JobError, match="already holds a job with 13 finished input"):
         run_corpus(corpus, out, model=MODEL, progress=False)  # no resume
@@ -297,14 +299,19 @@ def test_video_without_frames_is_an_error_row_and_the_rest_goes_on(tmp_path: Pat
     assert set(read_corpus(out)["input"]) == {str(folder / "a.jpg")}
 
 
-def test_command_line_runs_resumes_and_refuses(corpus: Path, tmp_path: Path) -> None:
+def test_command_line_runs_resumes_and_refuses(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from affectfpn.cli import main
 
     out = tmp_path / "out"
     args = ["corpus", str(corpus), "--out", str(out), "-m", MODEL, "-q"]
     assert main(args) == 4  # one unreadable input, listed in OUT/errors
     assert main([*args, "--resume"]) == 0
+    capsys.readouterr()
     assert main([*args, "--resume", "--au-threshold", "0.6"]) == 1
+    err = capsys.readouterr().err
+    assert "--au-threshold 0.6 (the job has 0.5)" in err  # the flag, not the parameter
 
 
 def _torchrun(corpus: Path, out: Path) -> subprocess.CompletedProcess[str]:

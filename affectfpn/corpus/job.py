@@ -299,12 +299,14 @@ class CorpusJob:
                     f"{job_file}: cannot be read ({err}); it is not a corpus job's file: "
                     "choose another output folder"
                 ) from None
-            differences = describe_differences(old, spec)
+            differences, values = describe_differences(old, spec)
             if differences:
+                where = str(self.out).replace("{", "{{").replace("}", "}}")
                 raise JobError(
-                    f"{self.out} holds a job with another model or other options: "
+                    f"{where} holds a job with another model or other options: "
                     + "; ".join(differences)
-                    + ". Run it with the same model and options, or choose another output folder"
+                    + ". Run it with the same model and options, or choose another output folder",
+                    params=values,
                 )
         if ledger.done and not self.resume:
             raise JobError(

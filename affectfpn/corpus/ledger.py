@@ -91,14 +91,23 @@ class Commit:
         )
 
 
-def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``name=old`` vs ``name=new`` for each key whose value differs, in key order."""
+def describe_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """What differs between a job's recorded settings and this run's, in key order.
+
+    Returns message parts ``"{name} (the job has ...)"`` and their ``params`` (``name``: this
+    run's value), for an :class:`~affectfpn.errors.AffectFPNError`: the library words a field
+    as ``name=value``, the command line as its flag (``--au-threshold 0.7``).
+    """
     keys = sorted(set(old) | set(new))
-    return [
-        f"{key}={old.get(key)!r} (this run: {key}={new.get(key)!r})"
-        for key in keys
-        if old.get(key) != new.get(key)
-    ]
+    differing = [key for key in keys if old.get(key) != new.get(key)]
+
+    def braces(text: str) -> str:  # literal text inside a str.format message
+        return text.replace("{", "{{").replace("}", "}}")
+
+    parts = [f"{{{key}}} (the job has {braces(repr(old.get(key)))})" for key in differing]
+    return parts, {key: new.get(key) for key in differing}
 
 
 def _write_error(where: Path, err: OSError) -> JobError:
