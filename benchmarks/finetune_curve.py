@@ -162,6 +162,7 @@ def plot(path: Path, figure: Path, tag: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     start = next(r for r in rows if r["tag"] == "start")
@@ -182,10 +183,12 @@ def plot(path: Path, figure: Path, tag: str) -> None:
         ax.fill_between(sizes, lows, highs, color=colour, alpha=0.2)
         ax.axhline(start[split]["accuracy"], color=colour, ls="--", label=f"{label} (start)")
     ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("fine-tuning images (lfw-expressions train)")
     ax.set_ylabel("accuracy")
-    ax.set_title("Fine-tuning the default model: gain and forgetting")
-    ax.legend(fontsize=8)
+    ax.set_title("Fine-tuning a FER2013 model on news photos: gain and forgetting", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.06))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
