@@ -1,25 +1,32 @@
 """The per-face fields are declared once (``FACE_FIELDS``) and every consumer derives from it.
 
-The consumers are the predictor (``_finish``), ``FacePrediction.to_dict`` / ``from_dict`` /
-``tasks``, the tables (``table_columns``, ``to_rows``, ``write_csv``, ``to_pandas``, the video
-CSV), the video's ``VideoResult`` and smoothing. A hypothetical extra field (head pose), declared
-only in this file, shows up in all of those that hold faces of any class.
+The consumers are the predictor (its batch step ``_run_batch`` and ``_finish``),
+``FacePrediction.to_dict`` / ``from_dict`` / ``tasks``, the tables (``table_columns``,
+``to_rows``, ``write_csv``, ``to_pandas``, the video CSV), the video's ``VideoResult`` (its
+arrays, its collector, ``frames()``) and smoothing. A hypothetical extra field (head pose),
+declared only in this file, shows up in all of them: only ``FacePrediction``'s attribute is
+simulated, by a subclass (the one line the class itself would gain).
 """
 
 import dataclasses
 import io
+import pickle
 import sys
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 import affectfpn.inference.predictor as predictor_module
 import affectfpn.inference.results as results
 import affectfpn.inference.tables as tables
 import affectfpn.video.result as video_result
 import affectfpn.video.smooth as video_smooth
+from affectfpn import AffectFPN, AffectFPNConfig, predict
 from affectfpn.inference.results import (
     FACE_FIELDS,
     ActionUnits,
@@ -32,7 +39,9 @@ from affectfpn.inference.results import (
     ValenceArousal,
 )
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
-from affectfpn.video import smooth_frames
+from affectfpn.models.affectfpn import AffectFPNOutput
+from affectfpn.preprocess import normalize
+from affectfpn.video import analyze_video, predict_video, smooth_frames
 from affectfpn.video.result import Collector, VideoResult
 from affectfpn.video.types import FramePrediction, VideoInfo
 
@@ -84,6 +93,9 @@ class PoseField(FaceField[HeadPose]):
         yaw, pitch, roll = np.clip(numbers, -180.0, 180.0).tolist()
         return HeadPose(yaw, pitch, roll)
 
+    def activate(self, output: torch.Tensor, temperature: float) -> torch.Tensor:
+        return output.float().tanh() * 90.0  # degrees in [-90, 90]
+
     def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> HeadPose:
         return HeadPose(*row)
 
@@ -109,6 +121,46 @@ def pose_field(monkeypatch: pytest.MonkeyPatch) -> PoseField:
     for module in patched:
         monkeypatch.setattr(module, "FACE_FIELDS", extended)
     return field
+
+
+@pytest.fixture
+def pose_faces(monkeypatch: pytest.MonkeyPatch, pose_field: PoseField) -> None:
+    """Faces built from the fields' values have the pose attribute (as ``FacePrediction`` would,
+    with its one new line): the classes the predictor and ``VideoResult.frames`` build."""
+    for module in (predictor_module, video_result):
+        monkeypatch.setattr(module, "FacePrediction", PoseFace)
+
+
+class PoseOutput(NamedTuple):
+    """The model's outputs with the new one (``AffectFPNOutput`` would gain the line)."""
+
+    va: torch.Tensor | None
+    expression: torch.Tensor | None
+    au: torch.Tensor | None
+    pose: torch.Tensor | None
+
+
+class PoseModel(AffectFPN):
+    """A model with a pose output: ``N x 3``, the mean of each normalised input channel."""
+
+    def forward(self, x: torch.Tensor) -> PoseOutput:  # type: ignore[override]
+        return PoseOutput(*super().forward(x), pose=x.float().mean(dim=(2, 3)))
+
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def pose_model() -> PoseModel:
+    torch.manual_seed(0)
+    return PoseModel(AffectFPNConfig(fpn_width=8, input_size=(SIZE, SIZE))).eval()
+
+
+def _solid(value: int) -> np.ndarray:
+    """An RGB image of one colour (every crop of it has the same channel means)."""
+    image = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
+    image[:] = (value, 255 - value, value // 2)
+    return image
 
 
 def _face(face_id: int, yaw: float) -> PoseFace:
@@ -186,18 +238,109 @@ def test_an_extra_field_is_smoothed_over_video_frames(pose_field: PoseField) -> 
     assert va.as_tuple() == pytest.approx((0.1, -0.2))
 
 
+def test_an_extra_field_flows_through_the_batch_step(
+    pose_faces: None, pose_model: PoseModel
+) -> None:
+    values = [0, 60, 120, 180, 240]
+    images = [_solid(v) for v in values]
+    # batches of 2: the rows of each batch reach their own faces
+    results = predict(pose_model, images, faces="crop", batch_size=2, num_workers=0)
+    field = PoseField()
+    expected = field.activate(
+        normalize(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), pose_model.config).mean(
+            dim=(2, 3)
+        ),
+        1.0,
+    )
+    for result, want in zip(results, expected.tolist(), strict=True):
+        (face,) = result.faces
+        assert isinstance(face, PoseFace)
+        assert face.pose is not None
+        assert face.pose.to_dict() == pytest.approx(
+            dict(zip(POSE_NAMES, want, strict=True)), abs=1e-4
+        )
+        assert face.tasks == ALL_TASKS
+    # the existing fields come out as from a model without the new output (whose pose is None)
+    plain = AffectFPN(pose_model.config).eval()
+    plain.load_state_dict(pose_model.state_dict())
+    for result, other in zip(
+        results, predict(plain, images, faces="crop", batch_size=2, num_workers=0), strict=True
+    ):
+        assert other.faces[0].pose is None  # type: ignore[attr-defined]
+        for spec in FACE_FIELDS[:-1]:  # (the fixture added the pose at the end)
+            assert getattr(result.faces[0], spec.name) == getattr(other.faces[0], spec.name)
+
+
+def test_an_extra_field_has_its_video_result_array(
+    pose_faces: None, pose_model: PoseModel, tmp_path: Path
+) -> None:
+    path = tmp_path / "solid.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (SIZE, SIZE))
+    for value in (0, 80, 160, 240):
+        writer.write(_solid(value)[:, :, ::-1].copy())
+    writer.release()
+    options: dict[str, Any] = {"faces": "crop", "batch_size": 3}
+    result = analyze_video(pose_model, path, **options)
+    frames = list(predict_video(pose_model, path, **options))
+    poses = [frame.faces[0].pose.to_dict() for frame in frames]
+    assert list(result.outputs) == [*TASKS, "pose"]
+    assert result.pose.dtype == np.float32
+    assert result.pose.shape == (4, 3)
+    assert result.pose is result.outputs["pose"]
+    np.testing.assert_allclose(
+        result.pose, [[pose[name] for name in POSE_NAMES] for pose in poses], atol=1e-4
+    )
+    assert len({tuple(row) for row in result.pose.round(2).tolist()}) == 4  # one per frame
+    for rebuilt, pose in zip(result.frames(), poses, strict=True):
+        face = rebuilt.faces[0]
+        assert isinstance(face, PoseFace)
+        assert face.pose is not None
+        assert face.pose.to_dict() == pytest.approx(pose, abs=1e-4)
+    # the other arrays as before
+    assert result.va.shape == (4, 2)
+    assert result.expression.shape == (4, len(EXPRESSIONS))
+
+
+def test_video_result_keeps_its_arrays_by_name() -> None:
+    collector = Collector(VideoInfo("v", 10.0, 2, 32, 32), EXPRESSIONS, ACTION_UNITS, 0.5)
+    collector.add(_frame(0, _face(0, 0.0), _face(1, 1.0)))
+    collector.add(_frame(1))
+    result = collector.result()
+    shapes = {"va": (2, 2), "expression": (2, len(EXPRESSIONS)), "au": (2, len(ACTION_UNITS))}
+    for name, shape in shapes.items():
+        array = getattr(result, name)
+        assert array is result.outputs[name]
+        assert array.shape == shape
+        assert array.dtype == np.float32
+        assert name in dir(result)
+    np.testing.assert_allclose(result.va, [[0.1, -0.2], [0.1, -0.2]])
+    with pytest.raises(AttributeError, match="pose"):
+        result.pose  # noqa: B018
+    # the constructor takes them by name, as dataclasses.replace does
+    kept = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    del kept["outputs"]
+    again = VideoResult(**kept, va=result.va, expression=result.expression, au=result.au)
+    assert list(again.outputs) == list(TASKS)
+    # (mypy's dataclass plugin knows only the fields; at run time the arrays' names work)
+    replaced = dataclasses.replace(result, va=np.zeros((2, 2), dtype=np.float32))  # type: ignore[call-arg]
+    assert replaced.va.sum() == 0
+    assert replaced.au is result.au
+    assert pickle.loads(pickle.dumps(result)).expression.tolist() == result.expression.tolist()
+    with pytest.raises(results.InputError, match="missing au"):
+        VideoResult(**kept, va=result.va, expression=result.expression)
+    with pytest.raises(results.InputError, match="unknown pose"):
+        VideoResult(**kept, outputs=result.outputs, pose=result.va)
+
+
 def test_every_field_has_its_place_in_every_consumer() -> None:
     """What a new field needs besides its declaration, and that the declarations agree."""
     assert tuple(spec.task for spec in FACE_FIELDS) == TASKS
     face_attributes = {f.name for f in dataclasses.fields(FacePrediction)}
-    video_arrays = {f.name for f in dataclasses.fields(VideoResult)}
-    pending = set(predictor_module._Pending.__dataclass_fields__)
-    from affectfpn.models.affectfpn import AffectFPNOutput
-
+    # a field's VideoResult array is an attribute named after its task: no clash
+    video_attributes = {f.name for f in dataclasses.fields(VideoResult)} | set(dir(VideoResult))
     for spec in FACE_FIELDS:
         assert spec.name in face_attributes, spec.name
-        assert spec.name in pending, spec.name  # the predictor's per-face rows
-        assert spec.task in video_arrays, spec.task
+        assert spec.task not in video_attributes, spec.task
         assert spec.output in AffectFPNOutput._fields, spec.output
     names = [spec.name for spec in FACE_FIELDS]
     assert len(set(names)) == len(names)

@@ -119,12 +119,14 @@ class _Failed:
 
 @dataclass(slots=True)
 class _Pending:
-    """An image whose faces are (partly) waiting for the model."""
+    """An image whose faces are (partly) waiting for the model.
+
+    ``rows`` has, per face, one row of numbers per face field of ``FACE_FIELDS`` in its order
+    (``None`` for a field whose output the model lacks); empty until the face's batch ran.
+    """
 
     prepared: _Prepared
-    va: list[list[float] | None] = field(default_factory=list)
-    expression: list[list[float] | None] = field(default_factory=list)
-    aus: list[list[float] | None] = field(default_factory=list)
+    rows: list[tuple[list[float] | None, ...]] = field(default_factory=list)
     remaining: int = 0
 
 
@@ -671,7 +673,7 @@ class Predictor:
                         logger.warning("skipped %s: %s", prepared.source, prepared.error)
                     continue
                 count = len(prepared.crops)
-                record = _Pending(prepared, [None] * count, [None] * count, [None] * count, count)
+                record = _Pending(prepared, [()] * count, count)
                 pending.append(record)
                 if count == 1:
                     queue.append((record, 0))
@@ -732,20 +734,21 @@ class Predictor:
                     + ": its weights are damaged or were trained into NaN; load them again, "
                     "or use another model"
                 )
-            # Python floats per face, as the results hold them (one conversion per batch).
-            va = None if out.va is None else out.va.float().clamp(-1.0, 1.0).cpu().tolist()
-            expr = (
-                None
-                if out.expression is None
-                else (out.expression.float() / self._temperature).softmax(1)
-            )
-            aus = None if out.au is None else out.au.float().sigmoid().clamp(0.0, 1.0)
-            expr_rows = None if expr is None else expr.cpu().tolist()
-            au_rows = None if aus is None else aus.cpu().tolist()
-        for row, (record, i) in enumerate(faces):
-            record.va[i] = None if va is None else va[row]
-            record.expression[i] = None if expr_rows is None else expr_rows[row]
-            record.aus[i] = None if au_rows is None else au_rows[row]
+            # Each face field's activated output as Python floats per face, as the results hold
+            # them (one conversion per field and batch); None where the model lacks the output
+            # (None, or absent from outputs that predate the field).
+            absent: list[None] = [None] * len(faces)
+            columns: list[list[list[float]] | list[None]] = []
+            for spec in FACE_FIELDS:
+                output = getattr(out, spec.output, None)
+                columns.append(
+                    absent
+                    if output is None
+                    else spec.activate(output, self._temperature).cpu().tolist()
+                )
+        # One tuple per face, a row per field (transposed by zip, cheaper than a loop per face).
+        for (record, i), rows in zip(faces, zip(*columns, strict=True), strict=True):
+            record.rows[i] = rows
             record.remaining -= 1
 
     def _inference_model(self) -> nn.Module:
@@ -779,18 +782,14 @@ class Predictor:
     def _finish(self, record: _Pending) -> ImagePrediction:
         # The model's own outputs are valid by construction (softmax and sigmoid rows, clamped
         # VA, float boxes): the results are built without the checks that guard user input.
-        # Each face field's rows are in the record's list of the same name (va, expression, aus).
+        # Each face's rows hold one row per face field, in the order of FACE_FIELDS.
         prepared = record.prepared
         faces = []
-        fields = [
-            (spec, spec.names(self.labels), getattr(record, spec.name)) for spec in FACE_FIELDS
-        ]
+        fields = [(spec, spec.names(self.labels)) for spec in FACE_FIELDS]
         for i in range(len(prepared.crops)):
             values = {
-                spec.name: None
-                if rows[i] is None
-                else spec.from_model(rows[i], names, self.au_threshold)
-                for spec, names, rows in fields
+                spec.name: None if row is None else spec.from_model(row, names, self.au_threshold)
+                for (spec, names), row in zip(fields, record.rows[i], strict=True)
             }
             if prepared.detections is None:
                 box = (0.0, 0.0, float(prepared.width), float(prepared.height))

@@ -25,9 +25,10 @@ Per-face fields
 ---------------
 :data:`FACE_FIELDS` declares, once, each output of the model for a face (``va``,
 ``expression``, ``aus``): the :class:`FaceField` of each says which model output it is read
-from, which table columns it gives, how a video smooths it and how it is serialised. The
-predictor, ``FacePrediction.to_dict`` / ``from_dict``, the tables, the video's
-``VideoResult`` and its smoothing all derive their handling of the fields from it.
+from and how it is activated, which table columns it gives, how a video smooths it and how it
+is serialised. The predictor (its batch step and its results), ``FacePrediction.to_dict`` /
+``from_dict``, the tables, the video's ``VideoResult`` and its smoothing all derive their
+handling of the fields from it.
 """
 
 import math
@@ -44,6 +45,8 @@ from affectfpn.errors import InputError
 from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS, VA_NAMES
 
 if TYPE_CHECKING:  # the table functions live in tables.py, which imports this module
+    import torch
+
     from affectfpn.inference.tables import CsvWriter, table_columns, to_pandas, to_rows, write_csv
 
 __all__ = [
@@ -486,7 +489,8 @@ class FaceField(ABC, Generic[_R]):
 
     :data:`FACE_FIELDS` lists them; each is an attribute of :class:`FacePrediction` (``None``
     when the model lacks the task) whose result type (:attr:`type`) holds a fixed-length
-    vector of named numbers. From this one declaration come the predictor's results
+    vector of named numbers. From this one declaration come the predictor's batch step (the
+    model output :attr:`output`, turned into rows by :meth:`activate`) and results
     (:meth:`from_model`), ``FacePrediction.to_dict`` / ``from_dict`` (under :attr:`name`), the
     table's columns and cells (:meth:`columns`, :meth:`cells`, in :data:`FACE_FIELDS` order), the
     arrays of a video's ``VideoResult`` (one per field, named :attr:`task`, :meth:`lookup` /
@@ -494,9 +498,8 @@ class FaceField(ABC, Generic[_R]):
     averaged only across faces of equal :meth:`layout`).
 
     Adding a field is: its result class, a ``FacePrediction`` attribute of that name, a
-    subclass of this class in :data:`FACE_FIELDS`, the model output it reads (:attr:`output`,
-    turned into probabilities in the predictor's batch step) and, for videos, a ``VideoResult``
-    array named :attr:`task`.
+    subclass of this class in :data:`FACE_FIELDS` and the model output it reads (:attr:`output`);
+    a video's ``VideoResult`` then has its array, named :attr:`task`, by itself.
     """
 
     #: The :class:`FacePrediction` attribute holding the value, and its key in ``to_dict()``.
@@ -561,6 +564,17 @@ class FaceField(ABC, Generic[_R]):
         return self.from_numbers(numbers, self.value_names(value), 0.5)
 
     @abstractmethod
+    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+        """The model's raw output for a batch (``N x len(names)``) as the numbers of the results
+        (clamped, softmax or sigmoid), in float32, on the output's device.
+
+        Args:
+            output: The output :attr:`output` of the model for ``N`` faces.
+            temperature: The model's softmax temperature, for fields that have one (others
+                ignore it).
+        """
+
+    @abstractmethod
     def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> _R:
         """The value of one face from the predictor's row of model outputs (already activated:
         clamped, softmax or sigmoid), built without the checks of user input."""
@@ -603,6 +617,9 @@ class _VaField(FaceField[ValenceArousal]):
         valence, arousal = np.clip(numbers, -1.0, 1.0)
         return ValenceArousal(valence=float(valence), arousal=float(arousal))
 
+    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+        return output.float().clamp(-1.0, 1.0)
+
     def from_model(
         self, row: list[float], names: tuple[str, ...], threshold: float
     ) -> ValenceArousal:
@@ -643,6 +660,9 @@ class _ExpressionField(FaceField[Expression]):
         total = probs.sum()
         probs = probs / total if total > 0 else np.full(len(names), 1.0 / len(names))
         return Expression.from_probabilities(probs, names)
+
+    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+        return (output.float() / temperature).softmax(1)
 
     def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> Expression:
         return Expression._from_model(row, names)
@@ -693,6 +713,9 @@ class _AuField(FaceField[ActionUnits]):
 
     def rebuild(self, value: ActionUnits, numbers: np.ndarray) -> ActionUnits:
         return self.from_numbers(numbers, tuple(value.probabilities), value.threshold)
+
+    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+        return output.float().sigmoid().clamp(0.0, 1.0)
 
     def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> ActionUnits:
         return ActionUnits._from_model(row, names, threshold)

@@ -3,7 +3,7 @@
 Public through :mod:`affectfpn.video`.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ def main_face(faces: Sequence[FacePrediction]) -> FacePrediction | None:
     return best
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, init=False)
 class VideoResult:
     """Every prediction of a video, as numpy arrays (about 100 bytes per face and frame).
 
@@ -62,9 +62,13 @@ class VideoResult:
         va: ``(R, 2)`` float32 valence, arousal.
         expression: ``(R, len(expressions))`` float32 probabilities.
         au: ``(R, len(action_units))`` float32 probabilities.
+        outputs: The arrays of the face fields by name: ``{"va": va, "expression": expression,
+            "au": au}``.
 
-    Each face field of :data:`~affectfpn.inference.results.FACE_FIELDS` has its array here,
-    named after its task (``va``, ``expression``, ``au``), with one column per number.
+    Each face field of :data:`~affectfpn.inference.results.FACE_FIELDS` has its ``(R, k)``
+    float32 array, one column per number, in :attr:`outputs` under the field's task, which is
+    also its attribute name (``result.va`` is ``result.outputs["va"]``). The constructor takes
+    them as keyword arguments of those names.
     """
 
     info: VideoInfo
@@ -79,9 +83,73 @@ class VideoResult:
     face_id: np.ndarray
     box: np.ndarray
     score: np.ndarray
-    va: np.ndarray
-    expression: np.ndarray
-    au: np.ndarray
+    outputs: Mapping[str, np.ndarray]
+
+    def __init__(
+        self,
+        info: VideoInfo,
+        expressions: tuple[str, ...],
+        action_units: tuple[str, ...],
+        au_threshold: float,
+        frame_index: np.ndarray,
+        timestamp: np.ndarray,
+        width: int,
+        height: int,
+        face_frame: np.ndarray,
+        face_id: np.ndarray,
+        box: np.ndarray,
+        score: np.ndarray,
+        outputs: Mapping[str, np.ndarray] | None = None,
+        **arrays: np.ndarray,
+    ) -> None:
+        """Keep the arrays.
+
+        The face fields' arrays come as keyword arguments named after their tasks (``va=``,
+        ``expression=``, ``au=``), or as the mapping ``outputs`` (the keyword arguments replace
+        its entries, as ``dataclasses.replace(result, va=...)`` does).
+
+        Raises:
+            InputError: If a face field's array is missing or an argument names none.
+        """
+        outputs = {**(outputs or {}), **arrays}
+        tasks = [spec.task for spec in FACE_FIELDS]
+        missing = [task for task in tasks if task not in outputs]
+        unknown = [name for name in outputs if name not in tasks]
+        if missing or unknown:
+            raise InputError(
+                "VideoResult: "
+                + (f"missing {', '.join(missing)}" if missing else "")
+                + ("; " if missing and unknown else "")
+                + (f"unknown {', '.join(unknown)}" if unknown else "")
+                + f"; pass one array per face field, named after it ({', '.join(tasks)})"
+            )
+        values = {
+            "info": info,
+            "expressions": expressions,
+            "action_units": action_units,
+            "au_threshold": au_threshold,
+            "frame_index": frame_index,
+            "timestamp": timestamp,
+            "width": width,
+            "height": height,
+            "face_frame": face_frame,
+            "face_id": face_id,
+            "box": box,
+            "score": score,
+            "outputs": {task: outputs[task] for task in tasks},
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # a frozen dataclass
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        # Only names that are not regular attributes come here: a face field's array.
+        outputs = self.__dict__.get("outputs")  # read directly: unpickling has none yet
+        if outputs is not None and name in outputs:
+            return outputs[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *self.__dict__.get("outputs", ())]
 
     def __len__(self) -> int:
         return int(self.frame_index.shape[0])
@@ -143,7 +211,7 @@ class VideoResult:
         starts = np.searchsorted(self.face_frame, np.arange(len(self) + 1))
         width, height = max(self.width, 1), max(self.height, 1)
         labels = self.labels
-        fields = [(spec, spec.names(labels), getattr(self, spec.task)) for spec in FACE_FIELDS]
+        fields = [(spec, spec.names(labels), self.outputs[spec.task]) for spec in FACE_FIELDS]
         for pos in range(len(self)):
             faces = []
             for row in range(int(starts[pos]), int(starts[pos + 1])):
@@ -259,5 +327,5 @@ class Collector:
             face_id=np.asarray(self._face_id, dtype=np.int64),
             box=table[:, 0:4].copy(),
             score=table[:, 4].copy(),
-            **arrays,
+            outputs=arrays,
         )
