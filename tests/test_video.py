@@ -889,3 +889,34 @@ def test_video_plot_option_with_the_default_model(synthetic: Path, tmp_path: Pat
     assert code == 0
     assert out.is_file()
     assert out.stat().st_size > 1000
+
+
+@pytest.mark.shared
+def test_a_failed_annotation_run_reports_its_error_not_an_empty_video(
+    model: AffectFPN,
+    samples_dir: Path,
+    yunet_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import affectfpn.video.writers as writers
+
+    def broken_add(self: object, frame: object, rgb: object) -> None:
+        raise OSError("disk full while drawing")
+
+    monkeypatch.setattr(writers.VideoSink, "add", broken_add)
+    with pytest.raises(OSError, match="disk full"):
+        analyze_video(
+            model,
+            samples_dir / WOLFGANG,
+            end=2,
+            detector=str(yunet_path),
+            annotated_path=tmp_path / "out.mp4",
+        )
+    assert "no frame to write" not in caplog.text
+    # An empty video that did not fail still says so.
+    caplog.clear()
+    sink = writers.VideoSink(tmp_path / "empty.mp4", 24.0, codec="mp4v")
+    sink.close()
+    assert "no frame to write" in caplog.text

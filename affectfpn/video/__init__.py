@@ -791,6 +791,10 @@ def analyze_video(
                 collector.add(frame)
         if abaw_sink is not None:
             abaw_sink.pad(stream.last_index + 1)
+    except BaseException:
+        if video_sink is not None:
+            video_sink.aborted = True
+        raise
     finally:
         stream.close()
         for sink in sinks:

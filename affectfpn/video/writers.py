@@ -435,6 +435,9 @@ class VideoSink:
         self._writer: _OpenCVEncoder | _PyAVEncoder | None = None
         self._size: tuple[int, int] | None = None
         self.frames = 0
+        #: Set when the run that feeds this sink failed: closing then says nothing of an empty
+        #: video (the failure is reported where it happened).
+        self.aborted = False
 
     def add(self, frame: FramePrediction, rgb: np.ndarray) -> None:
         """Draw ``frame`` on its image and append it to the video."""
@@ -468,7 +471,7 @@ class VideoSink:
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.close()
-        elif self.frames == 0:
+        elif self.frames == 0 and not self.aborted:
             logger.warning("%s: no frame to write; no video file was created", self.path)
 
 
