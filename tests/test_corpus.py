@@ -352,3 +352,16 @@ def test_torchrun_two_processes_give_the_single_process_rows(
     assert {p.name[:11] for p in (out / "rows").iterdir()} == {"part-r00000", "part-r00001"}
     assert _row_set(read_corpus(out)) == _row_set(read_corpus(reference))
     assert len(read_corpus(out, errors=True)) == 1
+
+
+def test_an_empty_folder_names_the_fix_in_each_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from affectfpn.cli import main
+    from affectfpn.errors import InputError
+
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(InputError, match=r"pass recursive=True to search sub-folders"):
+        list_inputs(tmp_path)
+    assert main(["corpus", str(tmp_path), "--out", str(tmp_path / "out"), "-q"]) == 1
+    assert "pass -r (--recursive) to search sub-folders" in capsys.readouterr().err

@@ -168,6 +168,29 @@ def _common_parents() -> dict[str, _Parser]:
     return {"verbosity": verbosity, "model": model, "faces": faces}
 
 
+def command_adder(sub: Any, *, example_prefix: str = "") -> Command:
+    """The :data:`Command` that adds one subcommand to the subparsers ``sub``: its help,
+    description, examples (each prefixed by ``example_prefix``, where ``{name}`` is the
+    command's name) and the shared option groups it names (``-v``/``-q`` always)."""
+    parents = _common_parents()
+
+    def command(
+        name: str, help_text: str, description: str, examples: Sequence[str], *groups: str
+    ) -> argparse.ArgumentParser:
+        prefix = example_prefix.format(name=name)
+        parser: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=help_text,
+            description=description,
+            epilog=_epilog(*(prefix + line for line in examples)),
+            formatter_class=_HelpFormatter,
+            parents=[parents[g] for g in ("verbosity", *groups)],
+        )
+        return parser
+
+    return command
+
+
 # ------------------------------------------------------------------------------------ helpers
 class _LevelFormatter(logging.Formatter):
     def __init__(self, with_names: bool) -> None:
@@ -445,3 +468,40 @@ def predictor_from_args(args: argparse.Namespace, model: Any, **options: Any) ->
         au_threshold=args.au_threshold,
         **options,
     )
+
+
+def report_failures(
+    failures: Sequence[tuple[str, str]],
+    done: int,
+    side: Path | None,
+    *,
+    what: str = "input(s)",
+    rest: str = "are in the results",
+) -> int:
+    """List the inputs a batch run skipped (in the side table ``side``, columns source and
+    error, written whole; else on stderr), say how many in one line, and return
+    :data:`EXIT_PARTIAL` so that the exit status says something failed."""
+    import csv
+
+    listed = "below"
+    if side is not None:
+        from affectfpn.io import atomic_write
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["source", "error"])
+                writer.writerows(failures)
+
+        side.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(side, write)
+        listed = f"in {side}"
+    else:
+        for source, message in failures:
+            sys.stderr.write(f"  failed: {source}: {message}\n")
+    total = done + len(failures)
+    sys.stderr.write(
+        f"affectfpn: {len(failures)} of {total} {what} could not be read and were skipped "
+        f"(listed {listed}); the other {done} {rest}\n"
+    )
+    return EXIT_PARTIAL

@@ -34,7 +34,6 @@ from affectfpn.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
     PROG,
-    _common_parents,
     _epilog,
     _HelpFormatter,
     _logging,
@@ -43,6 +42,7 @@ from affectfpn.cli._common import (
     _Parser,
     _UsageError,
     cli_message,
+    command_adder,
 )
 from affectfpn.errors import AffectFPNError
 
@@ -51,7 +51,6 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``affectfpn`` argument parser, with one subparser per command."""
-    parents = _common_parents()
     parser = _Parser(
         prog=PROG,
         description="Facial affect analysis with feature pyramid networks: the shipped models "
@@ -80,17 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def command(
-        name: str, help_text: str, description: str, examples: Sequence[str], *groups: str
-    ) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            epilog=_epilog(*examples),
-            formatter_class=_HelpFormatter,
-            parents=[parents[g] for g in ("verbosity", *groups)],
-        )
+    command = command_adder(sub)
 
     predict.add_parser(command)
     corpus.add_parser(command)

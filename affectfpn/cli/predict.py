@@ -10,7 +10,6 @@ from typing import Any
 from affectfpn.cli._common import (
     _FORMATS,
     EXIT_OK,
-    EXIT_PARTIAL,
     Command,
     _check_inputs,
     _format_table,
@@ -23,6 +22,7 @@ from affectfpn.cli._common import (
     _UsageError,
     logger,
     predictor_from_args,
+    report_failures,
 )
 
 
@@ -164,7 +164,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         _note(args, f"{faces} face(s) in {images} image(s) written to {args.output}{annotated}")
     if predictor.failures:
-        return _report_failures(args, predictor.failures, images)
+        side = None
+        if args.output:
+            side = Path(args.output).expanduser()
+            side = side.with_name(side.name + ".errors.csv")
+        return report_failures(predictor.failures, images, side)
     return EXIT_OK
 
 
@@ -177,38 +181,6 @@ def _on_error(args: argparse.Namespace) -> str:
     inputs = list(args.inputs)
     single = len(inputs) == 1 and Path(inputs[0]).expanduser().is_file()
     return "raise" if single else "skip"
-
-
-def _report_failures(args: argparse.Namespace, failures: list[tuple[str, str]], done: int) -> int:
-    """List the skipped inputs (beside --output as FILE.errors.csv, else on stderr) and say so
-    in one line; the exit status says that something failed."""
-    import csv
-    import sys
-
-    listed = "below"
-    if args.output:
-        from affectfpn.io import atomic_write
-
-        side = Path(args.output).expanduser()
-        side = side.with_name(side.name + ".errors.csv")
-
-        def write(tmp: Path) -> None:
-            with tmp.open("w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(["source", "error"])
-                writer.writerows(failures)
-
-        atomic_write(side, write)
-        listed = f"in {side}"
-    else:
-        for source, message in failures:
-            sys.stderr.write(f"  failed: {source}: {message}\n")
-    total = done + len(failures)
-    sys.stderr.write(
-        f"affectfpn: {len(failures)} of {total} input(s) could not be read and were skipped "
-        f"(listed {listed}); the other {done} are in the results\n"
-    )
-    return EXIT_PARTIAL
 
 
 def _write_parquet(results: Iterator[Any], output: str | None) -> None:

@@ -12,18 +12,15 @@ Subcommands (:mod:`affectfpn.recipes.teachers`, :mod:`affectfpn.recipes.agreemen
 """
 
 import argparse
-from collections.abc import Sequence
 
 from affectfpn.cli._common import (
     EXIT_OK,
     Command,
-    _common_parents,
-    _epilog,
-    _HelpFormatter,
     _load_model,
     _Parser,
     _positive_int,
     _probability,
+    command_adder,
 )
 
 _TABLE = "label table to write (.csv or .json)"
@@ -52,19 +49,7 @@ def add_parser(command: Command) -> None:
     sub = group.add_subparsers(
         dest="teachers_command", metavar="COMMAND", parser_class=_Parser, required=True
     )
-    parents = _common_parents()
-
-    def subcommand(
-        name: str, help_text: str, description: str, examples: Sequence[str], *groups: str
-    ) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help_text,
-            description=description,
-            epilog=_epilog(*(f"affectfpn teachers {name} {line}" for line in examples)),
-            formatter_class=_HelpFormatter,
-            parents=[parents[g] for g in ("verbosity", *groups)],
-        )
+    subcommand = command_adder(sub, example_prefix="affectfpn teachers {name} ")
 
     p = subcommand(
         "blendshapes",

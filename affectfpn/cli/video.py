@@ -3,7 +3,6 @@ one video or every video of a folder."""
 
 import argparse
 import contextlib
-import csv
 import itertools
 import shlex
 import sys
@@ -12,7 +11,6 @@ from typing import Any
 
 from affectfpn.cli._common import (
     EXIT_OK,
-    EXIT_PARTIAL,
     Command,
     _frame_index,
     _load_model,
@@ -23,6 +21,7 @@ from affectfpn.cli._common import (
     _UsageError,
     logger,
     predictor_from_args,
+    report_failures,
 )
 from affectfpn.errors import InferenceError, InputError
 
@@ -162,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
             raise
         outputs.remove()
         logger.warning("%s; skipped", _naming(args.video, error))
-        _report_failures(args, [(args.video, str(error))], 0, None)
-        return EXIT_PARTIAL
+        return report_failures(
+            [(args.video, str(error))], 0, None, what="video(s)", rest="have their outputs"
+        )
     done = ", ".join(written) if written else "no file written"
     _note(args, f"{count} frame(s) of {args.video}: {done}")
     return EXIT_OK
@@ -377,7 +377,9 @@ def _run_folder(args: argparse.Namespace, folder: Path) -> int:
         _note(args, f"{frames} frame(s) of {video}: {', '.join(written) or 'no file written'}")
     if failures:
         side = next(p for p in (csv_dir, annotate_dir, abaw_dir, plot_dir) if p is not None)
-        return _report_failures(args, failures, done, side / ERRORS_NAME)
+        return report_failures(
+            failures, done, side / ERRORS_NAME, what="video(s)", rest="have their outputs"
+        )
     _note(args, f"{done} video(s) of {args.video} done")
     return EXIT_OK
 
@@ -390,32 +392,3 @@ def _unique(stem: str, used: set[str]) -> str:
         name = f"{stem}-{count}"
     used.add(name)
     return name
-
-
-def _report_failures(
-    args: argparse.Namespace, failures: list[tuple[str, str]], done: int, side: Path | None
-) -> int:
-    """List the skipped videos (in ``side``, columns source and error, else on stderr) and say
-    how many in one line, as ``affectfpn predict`` does; the exit status says that some failed."""
-    listed = "below"
-    if side is not None:
-        from affectfpn.io import atomic_write
-
-        def write(tmp: Path) -> None:
-            with tmp.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["source", "error"])
-                writer.writerows(failures)
-
-        side.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(side, write)
-        listed = f"in {side}"
-    else:
-        for source, message in failures:
-            sys.stderr.write(f"  failed: {source}: {message}\n")
-    total = done + len(failures)
-    sys.stderr.write(
-        f"affectfpn: {len(failures)} of {total} video(s) could not be read and were skipped "
-        f"(listed {listed}); the other {done} have their outputs\n"
-    )
-    return EXIT_PARTIAL

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from affectfpn.errors import InputError
+from affectfpn.errors import Hint, InputError
 from affectfpn.io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, has_glob_chars, is_video_path
 
 __all__ = ["LIST_SUFFIXES", "CorpusInput", "list_inputs", "shard"]
@@ -103,8 +103,8 @@ def _expand(spec: str, recursive: bool) -> Iterable[str]:
         found = list(_walk(path, recursive))
         if not found:
             raise InputError(
-                f"{spec}: the folder holds no image or video file"
-                + ("" if recursive else "; pass recursive=True to search sub-folders")
+                f"{spec}: the folder holds no image or video file",
+                hint=None if recursive else Hint("recursive", True, "to search sub-folders"),
             )
         return found
     if path.is_file():

@@ -44,6 +44,7 @@ from affectfpn.errors import ConfigError, Hint, InputError
 from affectfpn.inference.predictor import Predictor
 from affectfpn.inference.results import CsvWriter, ImagePrediction, to_pandas
 from affectfpn.io import atomic_write
+from affectfpn.video import VIDEO_DEFAULTS
 
 __all__ = ["LEADING_COLUMNS", "CorpusJob", "JobSummary", "read_corpus", "run_corpus"]
 
@@ -57,18 +58,8 @@ ERROR_COLUMNS: tuple[str, ...] = ("input", "kind", "model", "revision", "error")
 _PREDICT_OPTIONS = frozenset(
     {"faces", "detector", "batch_size", "au_threshold", "bgr", "num_workers", "amp"}
 )
-#: The video's own options, with the defaults of affectfpn.video.
-_VIDEO_DEFAULTS: dict[str, Any] = {
-    "every_n": 1,
-    "target_fps": None,
-    "start": None,
-    "end": None,
-    "smoothing": None,
-    "alpha": 0.3,
-    "window": 5,
-    "track_iou": 0.3,
-    "max_missed": 10,
-}
+#: The video's own options, with the defaults of affectfpn.video (the job shows its own progress).
+_VIDEO_DEFAULTS: dict[str, Any] = {k: v for k, v in VIDEO_DEFAULTS.items() if k != "progress"}
 #: Options that change no row (speed and placement only): a resume may change them.
 _FREE_OPTIONS = frozenset({"batch_size", "num_workers"})
 _FORMAT_VERSION = 1

@@ -116,6 +116,7 @@ __all__ = [
     "ABAW2_TASK_DIRS",
     "SMOOTHING",
     "VIDEO_CODECS",
+    "VIDEO_DEFAULTS",
     "CaptureLike",
     "FaceTracker",
     "FramePrediction",
@@ -164,7 +165,7 @@ class VideoOptions(PredictOptions, total=False):
 
 
 #: The video's own options and their defaults (the rest of VideoOptions go to the Predictor).
-_VIDEO_DEFAULTS: dict[str, Any] = {
+VIDEO_DEFAULTS: dict[str, Any] = {
     "every_n": 1,
     "target_fps": None,
     "start": None,
@@ -192,8 +193,8 @@ def _split_options(
             f"{function}() got unknown option(s) {', '.join(map(repr, unknown))}; the options "
             f"are {', '.join(sorted(VideoOptions.__optional_keys__))}"
         )
-    video = {key: options.get(key, default) for key, default in _VIDEO_DEFAULTS.items()}
-    for_predictor = {k: v for k, v in options.items() if k not in _VIDEO_DEFAULTS}
+    video = {key: options.get(key, default) for key, default in VIDEO_DEFAULTS.items()}
+    for_predictor = {k: v for k, v in options.items() if k not in VIDEO_DEFAULTS}
     if isinstance(model_or_predictor, Predictor):
         if for_predictor:
             raise ConfigError(
