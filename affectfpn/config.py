@@ -43,6 +43,17 @@ MAX_FPN_WIDTH = 2048
 MAX_INPUT_SIDE = 1024
 MAX_ACTION_UNITS = 512
 
+#: Where an expression temperature may lie (the fixed one and the per-face one alike).
+TEMPERATURE_LIMITS: tuple[float, float] = (0.05, 20.0)
+
+
+def stored_temperature(value: float) -> float:
+    """A fitted temperature as a config stores it: rounded to 4 decimals and kept inside the
+    open interval of :data:`TEMPERATURE_LIMITS` (a fit may end at a bound of its search)."""
+    low, high = TEMPERATURE_LIMITS
+    return min(max(round(float(value), 4), low + 1e-4), high - 1e-4)
+
+
 #: Version of the on-disk ``config.json`` layout written by :meth:`AffectFPNConfig.to_dict`.
 CONFIG_FORMAT_VERSION = 1
 
@@ -85,7 +96,18 @@ class AffectFPNConfig:
         expression_temperature: Expression probabilities are ``softmax(logits / T)``: a
             temperature fitted on validation data (``affectfpn calibrate``) makes a model's
             confidence match how often it is right; it never changes which expression wins.
-            The model's own outputs (and exported ONNX graphs) stay raw logits.
+            The model's own outputs (and exported ONNX graphs) stay raw logits. With
+            ``adaptive_temperature`` the per-face temperature replaces it; it then stays the
+            best single temperature, for readers that ignore the per-face output.
+        adaptive_temperature: The model carries a calibrator (``calibrator``, a frozen
+            ``feature_dim -> 1`` linear map fitted by ``affectfpn calibrate --adaptive``): each
+            face gets its own expression temperature ``T(x) = exp(w . z + b)`` from its pooled
+            feature vector ``z`` (under ``test_time_flip`` the mean of the face's and its
+            mirror image's), returned as the model output ``expression_temperature``. Needs
+            the expression task.
+        adaptive_temperature_range: ``[low, high]``: the per-face temperature is clamped to it
+            (the calibrator writes the range of the temperatures it gave its validation faces,
+            so that an unusual face cannot get an extreme one); within 0.05 to 20.
     """
 
     backbone: str = "resnet18"
@@ -105,12 +127,22 @@ class AffectFPNConfig:
     align_margin: float = DEFAULT_ALIGN_MARGIN
     align_shift: float = 0.0
     expression_temperature: float = 1.0
+    adaptive_temperature: bool = False
+    adaptive_temperature_range: tuple[float, float] = TEMPERATURE_LIMITS
     model_type: ClassVar[str] = "affectfpn"
     _extra: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Normalise JSON lists into tuples, then validate every field.
-        for name in ("tasks", "input_size", "mean", "std", "expressions", "action_units"):
+        for name in (
+            "tasks",
+            "input_size",
+            "mean",
+            "std",
+            "expressions",
+            "action_units",
+            "adaptive_temperature_range",
+        ):
             value = getattr(self, name)
             if isinstance(value, str) or not hasattr(value, "__iter__"):
                 raise ConfigError(f"config field {name!r} must be a list, got {value!r}")
@@ -124,13 +156,13 @@ class AffectFPNConfig:
             raise ConfigError(f"config field 'neck': {self.neck!r} is not one of {list(NECKS)}")
         _check_int("fpn_width", self.fpn_width, low=1, high=MAX_FPN_WIDTH)
         _check_int("trainable_layers", self.trainable_layers, low=0, high=5)
-        for name in ("extra_level", "frozen_bn", "test_time_flip"):
+        for name in ("extra_level", "frozen_bn", "test_time_flip", "adaptive_temperature"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config field {name!r} must be true or false")
         for name, low, high in (
             ("align_margin", -0.5, 2.0),
             ("align_shift", -0.5, 0.5),
-            ("expression_temperature", 0.05, 20.0),
+            ("expression_temperature", *TEMPERATURE_LIMITS),
         ):
             value = getattr(self, name)
             if (
@@ -187,6 +219,26 @@ class AffectFPNConfig:
             )
         if not isinstance(self.head_dropout, int | float) or not 0 <= self.head_dropout < 1:
             raise ConfigError("config field 'head_dropout' must be a number in [0, 1)")
+        low, high = TEMPERATURE_LIMITS
+        span = self.adaptive_temperature_range
+        if (
+            len(span) != 2
+            or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in span
+            )
+            or not low <= span[0] <= span[1] <= high
+        ):
+            raise ConfigError(
+                f"config field 'adaptive_temperature_range' must be [low, high] with "
+                f"{low} <= low <= high <= {high}, got {list(span)!r}"
+            )
+        object.__setattr__(self, "adaptive_temperature_range", tuple(float(v) for v in span))
+        if self.adaptive_temperature and "expression" not in self.tasks:
+            raise ConfigError(
+                "config field 'adaptive_temperature' needs the expression task "
+                f"(tasks are {list(self.tasks)}): set it to false"
+            )
 
     # ----------------------------------------------------------------------------- derived
     @property

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast, overload
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -37,6 +37,9 @@ from affectfpn.labels import ACTION_UNITS, EXPRESSIONS, TASKS
 from affectfpn.metrics import AUMeter, ExpressionMeter, MultiTaskMeter
 from affectfpn.models.affectfpn import AffectFPN, AffectFPNOutput
 from affectfpn.preprocess import eval_transform, normalize
+
+if TYPE_CHECKING:
+    from affectfpn.calibration import AdaptiveTemperature
 
 __all__ = [
     "REPORT_FORMAT_VERSION",
@@ -602,8 +605,10 @@ def evaluate(
             ``"bf16"``, ``"fp16"``: the vocabulary of prediction and training.
         reliability: write a reliability diagram of the expression probabilities here (PNG;
             needs matplotlib). The expected calibration error (15 equal-width bins of
-            top-class confidence, at the model's ``expression_temperature``) is in the
-            expression metrics as ``ece`` either way.
+            top-class confidence, at the model's ``expression_temperature``, or at each face's
+            own temperature for a model with a calibrator) is in the expression metrics as
+            ``ece`` either way, with ``temperature`` (the mean per-face one, and
+            ``temperature_per_face: true``, for a model with a calibrator).
 
     Returns:
         The :class:`EvaluationReport`. Its JSON layout (``to_dict()``)::
@@ -653,6 +658,7 @@ def evaluate(
     # expression logits and labels of the labelled samples, for the calibration error
     expr_logits: list[torch.Tensor] = []
     expr_labels: list[torch.Tensor] = []
+    expr_temperatures: list[torch.Tensor] = []  # per face, for a model with a calibrator
     start = time.perf_counter()
     outputs = model_outputs(
         model,
@@ -676,6 +682,9 @@ def evaluate(
                 if mask.any():
                     expr_logits.append(pred["expression"].cpu()[mask])
                     expr_labels.append(torch.as_tensor(target["expression"]).cpu()[mask].long())
+                    per_face = getattr(out, "expression_temperature", None)
+                    if per_face is not None:
+                        expr_temperatures.append(per_face.float().cpu().reshape(-1, 1)[mask])
     end = time.perf_counter()  # the meter read the last outputs back: the device is done
     seconds = end - start
 
@@ -698,11 +707,17 @@ def evaluate(
         from affectfpn.calibration import plot_reliability
         from affectfpn.calibration import reliability as reliability_bins
 
-        temperature = float(config.expression_temperature)
+        temperature: float | torch.Tensor = float(config.expression_temperature)
+        if expr_temperatures:
+            temperature = torch.cat(expr_temperatures)
         probs = (torch.cat(expr_logits) / temperature).softmax(1)
         diagram = reliability_bins(probs, torch.cat(expr_labels))
         metrics["expression"]["ece"] = diagram.ece
-        metrics["expression"]["temperature"] = temperature
+        if isinstance(temperature, torch.Tensor):
+            metrics["expression"]["temperature"] = float(temperature.mean())
+            metrics["expression"]["temperature_per_face"] = True
+        else:
+            metrics["expression"]["temperature"] = temperature
         if reliability is not None:
             where = Path(str(dataset)).name if isinstance(dataset, str | os.PathLike) else "data"
             plot_reliability(diagram, reliability, title=f"{model_name or 'model'} on {where}")
@@ -899,6 +914,76 @@ def _task_metrics(
 
 
 # ----------------------------------------------------------------------------- calibration
+@dataclass(frozen=True)
+class CalibrationData:
+    """What a model gives the labelled faces of one dataset, for fitting its calibration.
+
+    Attributes:
+        features: ``N x D`` pooled features that a per-face temperature reads (float32).
+        logits: ``N x C`` raw expression logits (float32, the model's class order).
+        labels: ``N`` expression labels (the model's class order).
+        temperatures: ``N`` temperatures the model applies today (its per-face ones, or its
+            config's ``expression_temperature`` for every face).
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+    temperatures: torch.Tensor
+
+
+class _WithFeatures(torch.nn.Module):
+    """A model whose forward also returns the pooled features (``AffectFPN.forward_features``),
+    so that :func:`models_outputs` runs it like any model."""
+
+    def __init__(self, model: AffectFPN) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+
+    def forward(self, x: torch.Tensor) -> tuple[AffectFPNOutput, torch.Tensor]:
+        return self.model.forward_features(x)
+
+
+def calibration_data(
+    model: AffectFPN, dataset: Any, *, batch_size: int = 64, device: str | None = None
+) -> CalibrationData:
+    """Run ``model`` over the samples of ``dataset`` that carry an expression label: their
+    pooled features, raw expression logits, labels and current temperatures.
+
+    Raises:
+        InputError: a model without an expression head or without ``forward_features``, or
+            data without expression labels.
+    """
+    if "expression" not in model.config.tasks:
+        raise InputError("the model has no expression head to calibrate")
+    if not callable(getattr(model, "forward_features", None)):
+        raise InputError(
+            f"calibration needs an AffectFPN (with forward_features), got {type(model).__name__}"
+        )
+    parts: dict[str, list[torch.Tensor]] = {"z": [], "x": [], "y": [], "t": []}
+    scalar = float(model.config.expression_temperature)
+    wrapped = cast(AffectFPN, _WithFeatures(model))
+    for batch, result in model_outputs(wrapped, dataset, batch_size=batch_size, device=device):
+        out, features = cast(tuple[AffectFPNOutput, torch.Tensor], result)
+        mask = torch.as_tensor(batch["expression_mask"]).bool()
+        if out.expression is None or not mask.any():
+            continue
+        parts["z"].append(features.float().cpu()[mask])
+        parts["x"].append(out.expression.float().cpu()[mask])
+        parts["y"].append(torch.as_tensor(batch["expression"])[mask].long())
+        per_face = out.expression_temperature
+        parts["t"].append(
+            torch.full((int(mask.sum()),), scalar)
+            if per_face is None
+            else per_face.float().cpu().reshape(-1)[mask]
+        )
+    if not parts["x"]:
+        raise InputError("the data holds no expression label to calibrate on")
+    z, x, y, t = (torch.cat(parts[k]) for k in ("z", "x", "y", "t"))
+    return CalibrationData(features=z, logits=x, labels=y, temperatures=t)
+
+
 def expression_logits(
     model: Any, dataset: Any, *, batch_size: int = 64, device: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -919,37 +1004,90 @@ def expression_logits(
     return torch.cat(logits), torch.cat(labels)
 
 
+@overload
+def calibrate(
+    model: Any,
+    datasets: Mapping[str, Any],
+    *,
+    batch_size: int = ...,
+    device: str | None = ...,
+    adaptive: Literal[False] = ...,
+) -> tuple[float, dict[str, dict[str, float]]]: ...
+@overload
+def calibrate(
+    model: Any,
+    datasets: Mapping[str, Any],
+    *,
+    batch_size: int = ...,
+    device: str | None = ...,
+    adaptive: Literal[True],
+) -> "tuple[AdaptiveTemperature, dict[str, dict[str, float]]]": ...
 def calibrate(
     model: Any,
     datasets: Mapping[str, Any],
     *,
     batch_size: int = 64,
     device: str | None = None,
-) -> tuple[float, dict[str, dict[str, float]]]:
+    adaptive: bool = False,
+) -> "tuple[float | AdaptiveTemperature, dict[str, dict[str, float]]]":
     """Fit the expression temperature of ``model`` on ``{name: dataset}`` (validation data).
 
-    The model is not changed: save ``model.config.replace(expression_temperature=T)`` with
-    its weights (``affectfpn calibrate`` does).
+    With ``adaptive=False`` one temperature ``T`` (:func:`affectfpn.calibration.fit_temperature`);
+    with ``adaptive=True`` a per-face temperature
+    (:func:`affectfpn.calibration.fit_adaptive_temperature`) on the model's pooled features,
+    with the best single temperature beside it (``.single_temperature``). Each dataset counts
+    the same. The model is not changed: save ``model.config.replace(expression_temperature=T)``
+    with its weights, or call ``model.set_calibrator(fit)`` (``affectfpn calibrate`` does).
 
     Returns:
-        ``(T, {name: {"ece_before", "ece_after", "nll_before", "nll_after", "samples"}})``,
-        where "before" is the model's current temperature.
-    """
-    sets = {
-        name: expression_logits(model, data, batch_size=batch_size, device=device)
-        for name, data in datasets.items()
-    }
-    from affectfpn.calibration import expected_calibration_error, fit_temperature, nll
+        ``(T or the fit, {name: {"ece_before", "ece_after", "nll_before", "nll_after",
+        "samples"}})``, where "before" is the model's current calibration; with
+        ``adaptive=True`` also ``"ece_single"`` and ``"nll_single"`` at the single temperature.
 
-    temperature = fit_temperature(list(sets.values()))
-    current = float(model.config.expression_temperature)
+    Raises:
+        InputError: no dataset, a model without an expression head, data without expression
+            labels.
+    """
+    if not datasets:
+        raise InputError("calibrate needs at least one validation dataset")
+    from affectfpn.calibration import (
+        expected_calibration_error,
+        fit_adaptive_temperature,
+        fit_temperature,
+    )
+
+    def nll(x: torch.Tensor, y: torch.Tensor, t: float | torch.Tensor) -> float:
+        if isinstance(t, torch.Tensor):
+            t = t.reshape(-1, 1)
+        return float(torch.nn.functional.cross_entropy(x.double() / t, y))
+
+    def ece(x: torch.Tensor, y: torch.Tensor, t: float | torch.Tensor) -> float:
+        if isinstance(t, torch.Tensor):
+            t = t.reshape(-1, 1)
+        return expected_calibration_error((x.double() / t).softmax(1), y)
+
+    data = {
+        name: calibration_data(model, dataset, batch_size=batch_size, device=device)
+        for name, dataset in datasets.items()
+    }
+    single = fit_temperature([(d.logits, d.labels) for d in data.values()])
+    fit: float | AdaptiveTemperature = single
+    if adaptive:
+        fit = fit_adaptive_temperature(
+            [(d.features, d.logits, d.labels) for d in data.values()], single_temperature=single
+        )
     report: dict[str, dict[str, float]] = {}
-    for name, (x, y) in sets.items():
+    for name, d in data.items():
+        x, y = d.logits, d.labels
+        after = single if isinstance(fit, float) else fit(d.features)
         report[name] = {
             "samples": float(len(y)),
-            "ece_before": expected_calibration_error((x / current).softmax(1), y),
-            "ece_after": expected_calibration_error((x / temperature).softmax(1), y),
-            "nll_before": nll(x, y, current),
-            "nll_after": nll(x, y, temperature),
+            "ece_before": ece(x, y, d.temperatures),
+            "ece_after": ece(x, y, after),
+            "nll_before": nll(x, y, d.temperatures),
+            "nll_after": nll(x, y, after),
         }
-    return temperature, report
+        if adaptive:
+            report[name]["ece_single"] = ece(x, y, single)
+            report[name]["nll_single"] = nll(x, y, single)
+    return fit, report

@@ -13,6 +13,12 @@ Output                 Meaning
 ``au_logits``          ``N x 12`` action-unit logits (sigmoid gives occurrence probabilities).
 =====================  =======================================================================
 
+A model with a calibrator (``config.adaptive_temperature``) has one more output, last:
+``expression_temperature``, ``N x 1`` per-face temperatures, so that the calibrated
+probabilities are ``softmax(expression_logits / expression_temperature)``. Without it, divide
+by the config's ``expression_temperature`` (in the ``config`` metadata). The logits stay raw
+either way.
+
 The batch axis is dynamic by default (named ``batch``); height and width are fixed at the
 model's ``config.input_size``. Everything a consumer needs to prepare faces is written into the
 file's ``metadata_props`` (all values are strings; lists and dicts are JSON):
@@ -64,7 +70,14 @@ from affectfpn.errors import ConfigError, InputError, WeightsError, require_extr
 from affectfpn.io import atomic_write
 from affectfpn.labels import TASKS
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "OnnxRunner", "export_onnx", "onnx_metadata"]
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "TEMPERATURE_OUTPUT",
+    "OnnxRunner",
+    "export_onnx",
+    "onnx_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +89,8 @@ OUTPUT_NAMES: Mapping[str, str] = {
     "expression": "expression_logits",
     "au": "au_logits",
 }
+#: Name of the output of per-face expression temperatures (models with a calibrator only).
+TEMPERATURE_OUTPUT = "expression_temperature"
 #: Name of the dynamic batch axis.
 BATCH_AXIS = "batch"
 
@@ -87,20 +102,21 @@ _PREPROCESSING = (
 
 
 class _OnnxWrapper(nn.Module):
-    """Turns :class:`~affectfpn.AffectFPNOutput` into a plain tuple of the model's task outputs."""
+    """Turns :class:`~affectfpn.AffectFPNOutput` into a plain tuple of the model's outputs
+    (``fields``: its task outputs, then the per-face temperature where it has one)."""
 
-    def __init__(self, model: nn.Module, tasks: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, fields: Sequence[str]) -> None:
         super().__init__()
         self.model = model
-        self.tasks = tuple(tasks)
+        self.fields = tuple(fields)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(x)
         values = []
-        for task in self.tasks:
-            value = getattr(out, task)
+        for name in self.fields:
+            value = getattr(out, name)
             if value is None:  # pragma: no cover - guarded by the config check in export_onnx
-                raise ConfigError(f"the model returned no output for its task {task!r}")
+                raise ConfigError(f"the model returned no output {name!r}")
             values.append(value)
         return tuple(values)
 
@@ -124,7 +140,7 @@ def onnx_metadata(model: nn.Module) -> dict[str, str]:
         "model_type": config.model_type,
         "config": json.dumps(config.to_dict()),
         "tasks": json.dumps(tasks),
-        "outputs": json.dumps([OUTPUT_NAMES[t] for t in tasks]),
+        "outputs": json.dumps(_output_fields(config)[1]),
         "input_name": INPUT_NAME,
         "input_size": json.dumps(list(config.input_size)),
         "mean": json.dumps(list(config.mean)),
@@ -140,6 +156,16 @@ def onnx_metadata(model: nn.Module) -> dict[str, str]:
     if isinstance(revision, str) and revision:
         meta["revision"] = revision
     return meta
+
+
+def _output_fields(config: AffectFPNConfig) -> tuple[list[str], list[str]]:
+    """The model outputs the graph returns, and their names in the graph."""
+    tasks = [t for t in TASKS if t in config.tasks]
+    fields, names = list(tasks), [OUTPUT_NAMES[t] for t in tasks]
+    if config.adaptive_temperature:
+        fields.append("expression_temperature")
+        names.append(TEMPERATURE_OUTPUT)
+    return fields, names
 
 
 def _pick_exporter(exporter: str) -> str:
@@ -172,9 +198,10 @@ def export_onnx(
     """Export ``model`` to an ONNX file with named per-task outputs and preprocessing metadata.
 
     The graph takes the normalised float32 batch ``input`` (``N x 3 x H x W``) and returns
-    ``va``, ``expression_logits`` and ``au_logits`` (only the model's tasks); see the module
-    docstring for their meaning and for the metadata written into the file. The model is traced
-    in eval mode on its own device and left as it was.
+    ``va``, ``expression_logits`` and ``au_logits`` (only the model's tasks), and
+    ``expression_temperature`` for a model with a calibrator; see the module docstring for
+    their meaning and for the metadata written into the file. The model is traced in eval mode
+    on its own device and left as it was.
 
     Args:
         model: An :class:`~affectfpn.AffectFPN`.
@@ -208,9 +235,8 @@ def export_onnx(
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    tasks = [t for t in TASKS if t in config.tasks]
-    output_names = [OUTPUT_NAMES[t] for t in tasks]
-    wrapper = _OnnxWrapper(model, tasks)
+    fields, output_names = _output_fields(config)
+    wrapper = _OnnxWrapper(model, fields)
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     h, w = config.input_size

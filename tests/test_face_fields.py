@@ -137,6 +137,7 @@ class PoseOutput(NamedTuple):
     va: torch.Tensor | None
     expression: torch.Tensor | None
     au: torch.Tensor | None
+    expression_temperature: torch.Tensor | None
     pose: torch.Tensor | None
 
 

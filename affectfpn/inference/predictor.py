@@ -737,14 +737,16 @@ class Predictor:
             # Each face field's activated output as Python floats per face, as the results hold
             # them (one conversion per field and batch); None where the model lacks the output
             # (None, or absent from outputs that predate the field).
+            # The expression temperature: the model's per-face one (a model with a calibrator,
+            # N x 1), else the config's.
+            per_face = getattr(out, "expression_temperature", None)
+            temperature = self._temperature if per_face is None else per_face.float()
             absent: list[None] = [None] * len(faces)
             columns: list[list[list[float]] | list[None]] = []
             for spec in FACE_FIELDS:
                 output = getattr(out, spec.output, None)
                 columns.append(
-                    absent
-                    if output is None
-                    else spec.activate(output, self._temperature).cpu().tolist()
+                    absent if output is None else spec.activate(output, temperature).cpu().tolist()
                 )
         # One tuple per face, a row per field (transposed by zip, cheaper than a loop per face).
         for (record, i), rows in zip(faces, zip(*columns, strict=True), strict=True):

@@ -564,14 +564,16 @@ class FaceField(ABC, Generic[_R]):
         return self.from_numbers(numbers, self.value_names(value), 0.5)
 
     @abstractmethod
-    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    def activate(
+        self, output: "torch.Tensor", temperature: "float | torch.Tensor"
+    ) -> "torch.Tensor":
         """The model's raw output for a batch (``N x len(names)``) as the numbers of the results
         (clamped, softmax or sigmoid), in float32, on the output's device.
 
         Args:
             output: The output :attr:`output` of the model for ``N`` faces.
             temperature: The model's softmax temperature, for fields that have one (others
-                ignore it).
+                ignore it): one number, or ``N x 1`` per-face temperatures.
         """
 
     @abstractmethod
@@ -617,7 +619,9 @@ class _VaField(FaceField[ValenceArousal]):
         valence, arousal = np.clip(numbers, -1.0, 1.0)
         return ValenceArousal(valence=float(valence), arousal=float(arousal))
 
-    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    def activate(
+        self, output: "torch.Tensor", temperature: "float | torch.Tensor"
+    ) -> "torch.Tensor":
         return output.float().clamp(-1.0, 1.0)
 
     def from_model(
@@ -661,7 +665,9 @@ class _ExpressionField(FaceField[Expression]):
         probs = probs / total if total > 0 else np.full(len(names), 1.0 / len(names))
         return Expression.from_probabilities(probs, names)
 
-    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    def activate(
+        self, output: "torch.Tensor", temperature: "float | torch.Tensor"
+    ) -> "torch.Tensor":
         return (output.float() / temperature).softmax(1)
 
     def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> Expression:
@@ -714,7 +720,9 @@ class _AuField(FaceField[ActionUnits]):
     def rebuild(self, value: ActionUnits, numbers: np.ndarray) -> ActionUnits:
         return self.from_numbers(numbers, tuple(value.probabilities), value.threshold)
 
-    def activate(self, output: "torch.Tensor", temperature: float) -> "torch.Tensor":
+    def activate(
+        self, output: "torch.Tensor", temperature: "float | torch.Tensor"
+    ) -> "torch.Tensor":
         return output.float().sigmoid().clamp(0.0, 1.0)
 
     def from_model(self, row: list[float], names: tuple[str, ...], threshold: float) -> ActionUnits:

@@ -2,14 +2,16 @@
 
 import itertools
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from affectfpn.config import AffectFPNConfig
+from affectfpn.config import AffectFPNConfig, stored_temperature
 from affectfpn.errors import ConfigError, InputError
 from affectfpn.models._backbones import Backbone, load_backbone_weights
 from affectfpn.models._fpn import FeaturePyramid
@@ -17,6 +19,7 @@ from affectfpn.models._fpn import FeaturePyramid
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from affectfpn.calibration import AdaptiveTemperature
     from affectfpn.inference.predictor import ImageInput, ManyInputs, PredictOptions
     from affectfpn.inference.results import ImagePrediction
 
@@ -30,11 +33,16 @@ class AffectFPNOutput(NamedTuple):
         va: ``N x 2`` valence and arousal, squashed into [-1, 1] by tanh.
         expression: ``N x 7`` expression logits (softmax gives probabilities).
         au: ``N x 12`` action-unit logits (sigmoid gives probabilities).
+        expression_temperature: ``N x 1`` per-face expression temperatures of a model with a
+            calibrator (``config.adaptive_temperature``): its calibrated probabilities are
+            ``softmax(expression / expression_temperature)``. ``None`` without one (the
+            config's ``expression_temperature`` applies then). The logits stay raw either way.
     """
 
     va: torch.Tensor | None
     expression: torch.Tensor | None
     au: torch.Tensor | None
+    expression_temperature: torch.Tensor | None = None
 
 
 class AffectFPN(nn.Module):
@@ -90,6 +98,16 @@ class AffectFPN(nn.Module):
             assert isinstance(head, nn.Linear)
             nn.init.normal_(head.weight, std=0.01)
             nn.init.zeros_(head.bias)
+        #: The per-face temperature's calibrator (``config.adaptive_temperature``): the log of
+        #: the temperature as a linear map of the pooled features, fitted after training
+        #: (:func:`affectfpn.calibration.fit_adaptive_temperature`) and never trained: its
+        #: parameters take no gradient. ``None`` without one.
+        self.calibrator: nn.Linear | None = None
+        if config.adaptive_temperature:
+            self.calibrator = nn.Linear(config.feature_dim, 1)
+            nn.init.zeros_(self.calibrator.weight)  # T = 1 until it is fitted
+            nn.init.zeros_(self.calibrator.bias)
+            self.calibrator.requires_grad_(False)
         if backbone_weights is not None:
             load_backbone_weights(self.backbone, backbone_weights)
 
@@ -114,6 +132,12 @@ class AffectFPN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> AffectFPNOutput:
         """Run the model on a normalised ``N x 3 x H x W`` batch."""
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[AffectFPNOutput, torch.Tensor]:
+        """:meth:`forward`'s outputs and the pooled features its per-face temperature reads
+        (``N x config.feature_dim``; under ``test_time_flip`` in eval mode the mean of each
+        face's and its mirror image's), from one pass: what a calibrator is fitted on."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise InputError(
                 f"AffectFPN expects a normalised N x 3 x H x W tensor, got shape {tuple(x.shape)}"
@@ -121,12 +145,73 @@ class AffectFPN(nn.Module):
         if self.config.test_time_flip and not self.training:
             # one pass over the faces and their mirror images, then the mean of the two
             n = x.shape[0]
-            both = self._heads(torch.cat([x, x.flip(3)]))
-            return AffectFPNOutput(*(None if t is None else (t[:n] + t[n:]) / 2 for t in both))
-        return self._heads(x)
+            z = self.features(torch.cat([x, x.flip(3)]))
+            both = self._heads(z)
+            pooled = (z[:n] + z[n:]) / 2
+            out = AffectFPNOutput(*(None if t is None else (t[:n] + t[n:]) / 2 for t in both))
+        else:
+            pooled = self.features(x)
+            out = self._heads(self.dropout(pooled))
+        return out._replace(expression_temperature=self.temperature(pooled)), pooled
 
-    def _heads(self, x: torch.Tensor) -> AffectFPNOutput:
-        z = self.dropout(self.features(x))
+    def temperature(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The per-face expression temperatures (``N x 1``) for pooled ``features``
+        (``N x config.feature_dim``): ``exp(calibrator(features))`` clamped to
+        ``config.adaptive_temperature_range``; ``None`` for a model without a calibrator.
+
+        No gradient flows through it, to the calibrator or to the features.
+        """
+        if self.calibrator is None:
+            return None
+        low, high = self.config.adaptive_temperature_range
+        weight, bias = self.calibrator.weight.detach(), self.calibrator.bias.detach()
+        log_t = F.linear(features.detach().to(weight.dtype), weight, bias)
+        return log_t.clamp(math.log(low), math.log(high)).exp()
+
+    def set_calibrator(self, fit: "AdaptiveTemperature") -> None:
+        """Give the model a per-face expression temperature: ``fit`` (from
+        :func:`affectfpn.calibration.fit_adaptive_temperature` on this model's features)
+        becomes its ``calibrator``; the config gets ``adaptive_temperature``, the fit's clamp
+        range and its single temperature as ``expression_temperature``.
+
+        Raises:
+            InputError: a fit over another number of features.
+            ConfigError: a model without the expression task.
+        """
+        weight = torch.as_tensor(fit.weight).detach().reshape(-1)
+        if weight.shape[0] != self.config.feature_dim:
+            raise InputError(
+                f"the calibrator was fitted on {weight.shape[0]} features, this model has "
+                f"{self.config.feature_dim}: fit it on this model's forward_features"
+            )
+        low, high = fit.temperature_range
+        self.config = self.config.replace(
+            adaptive_temperature=True,
+            adaptive_temperature_range=(round(low, 6), round(high, 6)),
+            expression_temperature=stored_temperature(fit.single_temperature),
+        )
+        head = self.heads["expression"]
+        assert isinstance(head, nn.Linear)
+        calibrator = nn.Linear(self.config.feature_dim, 1)
+        calibrator.to(device=head.weight.device, dtype=head.weight.dtype)
+        with torch.no_grad():
+            calibrator.weight.copy_(weight.reshape(1, -1))
+            calibrator.bias.fill_(float(fit.bias))
+        self.calibrator = calibrator.requires_grad_(False)
+
+    def drop_calibrator(self) -> bool:
+        """Remove the per-face temperature's calibrator (``config.adaptive_temperature``
+        becomes false; the config's ``expression_temperature`` stays): a calibrator fitted to
+        these weights' features is stale once they are trained further. Returns whether there
+        was one."""
+        if self.calibrator is None:
+            return False
+        self.calibrator = None
+        self.config = self.config.replace(adaptive_temperature=False)
+        return True
+
+    def _heads(self, z: torch.Tensor) -> AffectFPNOutput:
+        """The task heads on pooled features ``z`` (no per-face temperature)."""
         va = self.heads["va"](z).tanh() if "va" in self.heads else None
         expression = self.heads["expression"](z) if "expression" in self.heads else None
         au = self.heads["au"](z) if "au" in self.heads else None

@@ -377,6 +377,12 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
         if backbone_weights is not None:
             logger.info("[model] init is set: backbone_weights %r is not used", backbone_weights)
         model = AffectFPN.from_pretrained(str(init))
+        if model.drop_calibrator():  # fitted to the start's features, stale once trained
+            logger.info(
+                "[model] init %s has a per-face expression temperature (calibrator): dropped; "
+                "calibrate the trained model again (affectfpn calibrate --adaptive)",
+                init,
+            )
         if add_tasks is not None:
             have = list(model.config.tasks)
             table["tasks"] = [*have, *(t for t in add_tasks if t not in have)]
