@@ -70,13 +70,20 @@ def test_a_per_face_temperature_calibrates_two_domains_one_temperature_cannot() 
 
 def test_each_set_weighs_the_same_whatever_its_size() -> None:
     (za, xa, ya), (zb, xb, yb) = _two_domains(3000, seed=2)
+    # features that do not tell the sets apart: the fit must compromise between them
+    g = torch.Generator().manual_seed(3)
+    za[:, 0], zb[:, 0] = torch.randn(3000, generator=g), torch.randn(3000, generator=g)
     few = (zb[:300], xb[:300], yb[:300])
     fit = fit_adaptive_temperature([(za, xa, ya), few])
-    # a pooled fit would follow the large set; equal weights keep the small set calibrated
     pooled = fit_adaptive_temperature(
         [(torch.cat([za, few[0]]), torch.cat([xa, few[1]]), torch.cat([ya, few[2]]))]
     )
-    assert float(fit(few[0]).median()) > float(pooled(few[0]).median())
+    # a pooled fit follows the large set (drawn at T = 0.5); equal weights meet in between
+    assert float(pooled(za).median()) < 0.75
+    assert float(fit(za).median()) > 1.0
+    assert fit.single_temperature == pytest.approx(
+        fit_temperature([(xa, ya), (few[1], few[2])]), rel=1e-6
+    )
 
 
 def _tiny(*, flip: bool = False, tasks: tuple[str, ...] = ("expression",)) -> AffectFPN:
