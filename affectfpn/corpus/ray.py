@@ -1,27 +1,32 @@
 """Ray Data integration: :class:`AffectPredictor`, a callable class for ``Dataset.map_batches``.
 
 Install the extra (``pip install 'affectfpn[ray]'``). Each Ray actor builds the model and a
-:class:`~affectfpn.inference.Predictor` once, in ``__init__``; every batch then gives a pandas
-DataFrame with the rows of a corpus job (:data:`~affectfpn.corpus.LEADING_COLUMNS`, then the
+:class:`~affectfpn.inference.Predictor` once, in ``__init__``; every batch then gives an Arrow
+table with the rows of a corpus job (:data:`~affectfpn.corpus.LEADING_COLUMNS`, then the
 table's columns) plus an ``error`` column, set on the one row of an input that failed::
 
     import ray
     from affectfpn.corpus.ray import AffectPredictor, corpus_dataset
 
-    ds = corpus_dataset("photos/")          # ray.data.read_binary_files(..., include_paths=True)
+    ds = corpus_dataset("photos/")          # the paths; each actor reads its files
     ds = ds.map_batches(
         AffectPredictor,
         fn_constructor_kwargs={"model": "fer2013-fast-resnet18half"},
-        concurrency=4,                       # actors, each with the model loaded once
+        compute=ray.data.ActorPoolStrategy(size=4),  # actors, each with the model loaded once
         num_gpus=1,                          # per actor; leave out on CPUs
-        batch_size=256,
+        batch_size=1024,
     )
     ds.write_parquet("results/")
 
-Photos are read by Ray as encoded bytes (``read_binary_files``) and decoded by affectfpn, so the
-rows equal those of :func:`~affectfpn.corpus.run_corpus` on the same files; videos are read by
-the actor from their path. The job's ledger and ``resume`` are not part of this path: Ray
-retries failed tasks itself, and a pipeline that is stopped is run again whole.
+By default the dataset holds paths only and the actor reads each file itself, exactly as
+:func:`~affectfpn.corpus.run_corpus` does, so the rows equal the job's; no file's bytes go
+through Ray's object store. ``corpus_dataset(..., read="bytes")`` has Ray's read tasks read
+the photos instead (``ray.data.read_binary_files``), for actors that cannot see the files; the
+rows are the same. On one small CPU machine the fast shape is a single actor of ``num_cpus=1``
+with ``torch_threads`` set to the machine's cores (Ray sets ``OMP_NUM_THREADS`` to the actor's
+``num_cpus``, which would leave torch one thread): docs/corpus.md gives the shapes. The job's
+ledger and ``resume`` are not part of this path: Ray retries failed tasks itself, and a
+pipeline that is stopped is run again whole.
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from affectfpn.corpus.inputs import list_inputs
-from affectfpn.errors import MissingExtraError
+from affectfpn.errors import ConfigError, Hint, MissingExtraError
 
-__all__ = ["AffectPredictor", "corpus_dataset", "require_ray"]
+__all__ = ["READ_MODES", "AffectPredictor", "corpus_dataset", "require_ray"]
 
 
 def require_ray() -> Any:
@@ -50,19 +55,47 @@ def require_ray() -> Any:
     return ray
 
 
+#: What :func:`corpus_dataset` can give the actors: paths that they read, or the files' bytes.
+READ_MODES = ("paths", "bytes")
+
+
 def corpus_dataset(
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     recursive: bool = False,
+    read: str = "paths",
 ) -> Any:
-    """A Ray Dataset of the corpus's inputs, with columns ``path`` and ``bytes``.
+    """A Ray Dataset of the corpus's inputs: column ``path`` (and ``bytes`` when read as bytes).
 
-    Photos are read with ``ray.data.read_binary_files`` (``bytes``: the encoded file); videos
-    come with empty ``bytes`` and are read from their path by :class:`AffectPredictor`. The
-    inputs are those of :func:`~affectfpn.corpus.list_inputs` (a folder, glob, list file, CSV).
+    The inputs are those of :func:`~affectfpn.corpus.list_inputs` (a folder, glob, list file,
+    CSV).
+
+    Args:
+        inputs: What :func:`~affectfpn.corpus.list_inputs` takes.
+        recursive: Search sub-folders of folders.
+        read: ``"paths"`` (default): a dataset of paths only (``ray.data.from_items``), and
+            :class:`AffectPredictor` reads each file where it runs, as the single-process job
+            does; no read tasks, no file bytes through Ray's object store. Every actor must
+            see the same files (one machine, or a shared filesystem). ``"bytes"``: photos are
+            read by Ray's read tasks (``ray.data.read_binary_files(..., include_paths=True)``,
+            column ``bytes``: the encoded file) and sent to the actors, for actors that cannot
+            see the files themselves; videos still come as paths (empty ``bytes``).
+
+    Raises:
+        ConfigError: ``read`` is not one of :data:`READ_MODES`.
+        MissingExtraError: Ray Data is not installed.
     """
+    if read not in READ_MODES:
+        raise ConfigError(
+            f"is not one of {', '.join(map(repr, READ_MODES))}",
+            option="read",
+            value=read,
+            hint=Hint("read", "paths", "where the actors see the corpus's files"),
+        )
     ray = require_ray()
     found = list_inputs(inputs, recursive=recursive)
+    if read == "paths":
+        return ray.data.from_items([{"path": i.path} for i in found])
     photos = [i.path for i in found if i.kind == "image" and os.path.isfile(i.path)]
     others = [i.path for i in found if i.kind != "image" or not os.path.isfile(i.path)]
     parts = []
@@ -81,11 +114,14 @@ class AffectPredictor:
             default), loaded once per actor.
         revision: The Hub revision of ``model``.
         device: ``"auto"`` (the GPU Ray gave the actor, else the CPU), ``"cpu"``, ``"cuda"``.
-        path_column: The batch's column of paths (``read_binary_files(include_paths=True)``).
-        bytes_column: The batch's column of encoded files; a missing column or an empty value
-            reads the path instead (videos always are).
+        path_column: The batch's column of paths.
+        bytes_column: The batch's column of encoded photos
+            (``read_binary_files(include_paths=True)``); a missing column or an empty value
+            reads the file at the path instead (videos always are).
         torch_threads: ``torch.set_num_threads`` in the actor (default: what Ray's
-            ``OMP_NUM_THREADS`` gives it, the actor's ``num_cpus``).
+            ``OMP_NUM_THREADS`` gives it, the actor's ``num_cpus`` rounded down, at least 1).
+            Set it where one actor has the machine to itself: on 2 cores, ``num_cpus=1`` and
+            ``torch_threads=2``.
         **options: The options of :class:`~affectfpn.corpus.CorpusJob`: the Predictor's
             (``faces``, ``detector``, ``batch_size``, ``au_threshold``, ``amp``) and the
             video's (``every_n``, ...).
@@ -158,21 +194,27 @@ class AffectPredictor:
                 errors.append((CorpusInput(path, "image"), message.replace(source, path)))
             if predictions:
                 pieces.append(_Images(predictions))
+        # Inputs without bytes are read here from their path, as the single-process job reads
+        # them: the batch's photos in one predict_iter call, then each video.
+        photos: list[CorpusInput] = []
+        videos: list[CorpusInput] = []
         for path, blob in zip(paths, blobs, strict=True):
             if blob is not None and len(blob):
                 continue
             if is_video_path(path):
-                self._job._video(self.predictor, CorpusInput(path, "video"), pieces, errors)
+                videos.append(CorpusInput(path, "video"))
             else:
-                images: list[_Images | _Video] = []
-                item = CorpusInput(path, "image")
-                self._job._images(self.predictor, [item], images, errors, _NoBar())
-                pieces.extend(images)
+                photos.append(CorpusInput(path, "image"))
+        if photos:
+            self._job._images(self.predictor, photos, pieces, errors, _NoBar())
+        for item in videos:
+            self._job._video(self.predictor, item, pieces, errors)
         tables = []
         if pieces:
             table = _rows_frame(pieces, self.model_name, self.revision)
-            table["input"] = table["input"].map(lambda s: named.get(s, s))
-            table["source"] = table["source"].map(lambda s: named.get(s, s))
+            if named:
+                table["input"] = table["input"].map(lambda s: named.get(s, s))
+                table["source"] = table["source"].map(lambda s: named.get(s, s))
             tables.append(table)
         if errors:
             records = [(i.path, i.kind, self.model_name, self.revision, m) for i, m in errors]
