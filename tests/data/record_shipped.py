@@ -9,7 +9,8 @@ It writes, for every registered model that ships inside the package:
 * ``tests/data/shipped_models.json``: accuracy and macro F1 on the fixed FER2013 and
   lfw-expressions test subsets (through ``predict(..., faces="crop")``), each AU's ROC AUC against
   the teacher's table on the FER2013 subset, and golden logits of four faces (the repository's
-  sample photo and three seeded noise faces) from one forward pass;
+  sample photo and three seeded noise faces) from one forward pass (and the per-face
+  expression temperatures of a model with a calibrator);
 * ``tests/data/fer2013_test_subset_au_teacher.csv``: the AU teacher's labels (MediaPipe
   blendshapes through the mapping of docs/action-units.md) for the FER2013 subset, cut from
   ``runs/au-pseudo/test.csv`` (``--teacher-table``).
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_shipped_models import (  # noqa: E402
     AU_TEACHER_TABLE,
+    GOLDEN_OUTPUTS,
     RECORD,
     fer_subset,
     golden_inputs,
@@ -88,7 +90,7 @@ def main() -> int:
             out = model.eval()(x)
         entry["golden"] = {
             task: getattr(out, task).tolist()
-            for task in ("va", "expression", "au")
+            for task in GOLDEN_OUTPUTS
             if getattr(out, task) is not None
         }
         record[info.name] = entry
