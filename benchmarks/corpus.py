@@ -159,6 +159,31 @@ def ray_pipeline(corpus: Path, out: Path, args: Any) -> tuple[float, float]:
         ray.shutdown()
 
 
+#: A fresh process that does what ``plain`` does (imports, model load, prediction, one Parquet
+#: file): the plain run as a user starts it, for the end-to-end comparison with Ray.
+PLAIN_COLD = (
+    "import sys\n"
+    "sys.path.insert(0, sys.argv[5])\n"
+    "from pathlib import Path\n"
+    "from corpus import plain\n"
+    "from affectfpn.models import AffectFPN\n"
+    "import torch\n"
+    "torch.set_num_threads(int(sys.argv[6]))\n"
+    "model = AffectFPN.from_pretrained(sys.argv[2]).eval()\n"
+    "plain(Path(sys.argv[1]), model, {'every_n': int(sys.argv[3])}, Path(sys.argv[4]))\n"
+)
+
+#: A fresh process that runs ``ray_pipeline`` (``import ray``, ``ray.init``, the pipeline).
+RAY_COLD = (
+    "import sys, argparse\n"
+    "sys.path.insert(0, sys.argv[3])\n"
+    "from pathlib import Path\n"
+    "from corpus import ray_pipeline\n"
+    "args = argparse.Namespace(**__import__('json').loads(sys.argv[4]))\n"
+    "ray_pipeline(Path(sys.argv[1]), Path(sys.argv[2]), args)\n"
+)
+
+
 def python(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
@@ -181,6 +206,11 @@ def main() -> None:
     parser.add_argument("--ray-actors", type=int, default=1)
     parser.add_argument("--ray-actor-cpus", type=float, default=1.0)
     parser.add_argument("--ray-batch", type=int, default=1024)
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="also time plain and Ray end to end, each in a fresh process (imports, model load)",
+    )
     parser.add_argument(
         "--ray-niceness",
         default="0",
@@ -208,6 +238,8 @@ def main() -> None:
     for path in corpus.iterdir():
         path.read_bytes()
     names = ["plain"] + [name for name in ("job", "ray") if name not in skip]
+    if args.cold and "ray" not in skip:
+        names += ["plain-cold", "ray-cold"]
     times: dict[str, list[float]] = {name: [] for name in names}
     ray_init: list[float] = []
     reference = work / "job-ref"
@@ -220,6 +252,24 @@ def main() -> None:
             note = ""
             if name == "plain":
                 plain(corpus, model, video_options, work / "out-plain.parquet")
+            elif name == "plain-cold":
+                done = python(
+                    "-c", PLAIN_COLD, str(corpus), args.model, str(args.every_n),
+                    str(work / "out-plain-cold.parquet"), str(ROOT / "benchmarks"),
+                    str(args.threads),
+                )  # fmt: skip
+                if done.returncode:
+                    raise SystemExit("plain-cold failed:\n" + done.stderr[-2000:])
+            elif name == "ray-cold":
+                shutil.rmtree(work / "out-ray-cold", ignore_errors=True)
+                keys = ("threads", "model", "every_n", "ray_read", "ray_actors", "ray_actor_cpus",
+                        "ray_batch", "ray_niceness")  # fmt: skip
+                done = python(
+                    "-c", RAY_COLD, str(corpus), str(work / "out-ray-cold"),
+                    str(ROOT / "benchmarks"), json.dumps({k: getattr(args, k) for k in keys}),
+                )  # fmt: skip
+                if done.returncode:
+                    raise SystemExit("ray-cold failed:\n" + done.stderr[-2000:])
             elif name == "job":
                 run_corpus(corpus, reference, model=model, progress=False, **video_options)
             else:
@@ -258,6 +308,15 @@ def main() -> None:
               f"{inputs / statistics.median(with_init):.1f} inputs/s with it")  # fmt: skip
         verdict("ray pipeline / plain throughput", ratio("ray"), 0.8)
         print(f"ray:      with ray.init, {ratio('ray', ray_init):.3f}x plain")
+        if args.cold:
+            # End to end, both as a user starts them: a fresh process each, imports, model load
+            # (Ray: import ray, ray.init, the actor's start) and the work, side by side.
+            pairs = zip(times["plain-cold"], times["ray-cold"], strict=True)
+            cold = statistics.median(p / r for p, r in pairs)
+            plain_cold = inputs / statistics.median(times["plain-cold"])
+            ray_cold = inputs / statistics.median(times["ray-cold"])
+            print(f"cold:     plain in a fresh process {plain_cold:.1f} inputs/s, Ray in a fresh "
+                  f"process {ray_cold:.1f}: {cold:.3f}x")  # fmt: skip
         if expected is not None:
             same = rows_of(work / "out-ray", ray=True) == expected
             print(f"ray:      rows equal to the job's: {same}")
