@@ -27,6 +27,7 @@ never changes which expression wins.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 from affectfpn.config import TEMPERATURE_LIMITS
 from affectfpn.errors import InputError
 
+logger = logging.getLogger(__name__)
+
 #: Bins of the expected calibration error and of the reliability diagram (equal width).
 ECE_BINS = 15
 #: The temperatures :func:`fit_temperature` searches between (and the widest clamp range of a
@@ -47,6 +50,9 @@ TEMPERATURE_RANGE = TEMPERATURE_LIMITS
 #: The L2 penalty on the weights of a per-face temperature (:func:`fit_adaptive_temperature`),
 #: chosen among 1e-3 and 1e-2 by cross-validated ECE on the default model's two validation sets.
 ADAPTIVE_L2 = 1e-2
+#: Below this many labelled faces per feature, :func:`fit_adaptive_temperature` warns that the
+#: per-face temperature may overfit (the default model's: 4,458 faces, 512 features).
+ADAPTIVE_MIN_FACES_PER_FEATURE = 4
 
 
 @dataclass(frozen=True)
@@ -327,6 +333,16 @@ def fit_adaptive_temperature(
             raise InputError(f"set {i}'s labels must be class indices 0..{x.shape[1] - 1}")
         clean.append((z, x, y))
     pooled = torch.cat([z for z, _, _ in clean])
+    if pooled.shape[0] < ADAPTIVE_MIN_FACES_PER_FEATURE * pooled.shape[1]:
+        logger.warning(
+            "a per-face temperature from %d features fitted on only %d labelled faces may "
+            "overfit them (the default model's was fitted on 4,458 faces for 512 features); "
+            "below %d faces, prefer the single temperature (affectfpn calibrate without "
+            "--adaptive)",
+            pooled.shape[1],
+            pooled.shape[0],
+            ADAPTIVE_MIN_FACES_PER_FEATURE * pooled.shape[1],
+        )
     mean = pooled.mean(0)
     std = pooled.std(0) + 1e-6 if pooled.shape[0] > 1 else torch.ones_like(mean)
     standard = [((z - mean) / std, x, y) for z, x, y in clean]

@@ -381,3 +381,19 @@ def test_bad_input_is_a_clear_error() -> None:
         t = fresh(_normalised(_faces(2), fresh.config)).expression_temperature
     assert t is not None
     assert torch.equal(t, torch.ones(2, 1))
+
+
+def test_too_few_faces_per_feature_warn_of_overfitting(caplog: pytest.LogCaptureFixture) -> None:
+    from affectfpn.calibration import ADAPTIVE_MIN_FACES_PER_FEATURE
+
+    a, b = _two_domains(4000, seed=5)
+    with caplog.at_level(logging.WARNING, logger="affectfpn.calibration"):
+        fit_adaptive_temperature([a, b])
+    assert not [r for r in caplog.records if "overfit" in r.getMessage()]
+    few = ADAPTIVE_MIN_FACES_PER_FEATURE * DIM // 2 - 1
+    small = [tuple(t[:few] for t in a), tuple(t[:few] for t in b)]
+    with caplog.at_level(logging.WARNING, logger="affectfpn.calibration"):
+        fit_adaptive_temperature(small)
+    (record,) = [r for r in caplog.records if "overfit" in r.getMessage()]
+    assert f"on only {2 * few} labelled faces" in record.getMessage()
+    assert "without --adaptive" in record.getMessage()
