@@ -119,6 +119,59 @@ def test_an_epoch_that_beats_the_start_replaces_it(tmp_path: Path) -> None:
     assert summary["best_score"] > summary["history"][0]["val_score"]
 
 
+# ------------------------------------------------------------------------ calibrated at the end
+def _trained_on_separable(tmp_path: Path, **changes: Any) -> tuple[Trainer, dict[str, Any]]:
+    trainer = Trainer(
+        tiny_model(tasks=("expression",), trainable_layers=5, head_dropout=0.0),
+        Separable(32),
+        val_set=Separable(24, offset=500),
+        settings=tiny_settings(
+            epochs=3, lr=0.05, epoch_fraction=1.0, warmup_epochs=0, score_start=True, **changes
+        ),
+        output_dir=tmp_path / "run",
+    )
+    return trainer, trainer.fit()
+
+
+def test_calibrate_fits_best_s_temperature_on_the_validation_data(tmp_path: Path) -> None:
+    """A separable task learned in a few steps leaves the logits far from calibrated (T = 1):
+    best/ must come out with the NLL-optimal temperature of the val split, reported in
+    done.json and the summary, its weights unchanged."""
+    from affectfpn.calibration import fit_temperature
+    from affectfpn.evaluation import expression_logits
+
+    trainer, summary = _trained_on_separable(tmp_path, calibrate=True)
+    best = AffectFPN.from_pretrained(tmp_path / "run" / "best")
+    done = json.loads((tmp_path / "run" / "done.json").read_text())
+    calibration = done["calibration"]
+    assert summary["calibration"] == calibration
+    temperature = calibration["temperature"]
+    assert best.config.expression_temperature == pytest.approx(temperature, abs=1e-4)
+    assert abs(temperature - 1.0) > 0.05, temperature  # fitted, not the start's
+    report = calibration["sets"]["val"]
+    assert report["samples"] == 24
+    assert report["nll_after"] <= report["nll_before"] + 1e-9
+    # the same fit, by hand, on the saved weights
+    logits, labels = expression_logits(best, Separable(24, offset=500))
+    assert fit_temperature([(logits, labels)]) == pytest.approx(temperature, rel=1e-3)
+    # a finished run resumed does not fit again, and keeps the record
+    again = trainer.fit()
+    assert again["calibration"] == calibration
+
+
+def test_without_calibrate_best_keeps_its_temperature(tmp_path: Path) -> None:
+    _, summary = _trained_on_separable(tmp_path, calibrate=False)
+    best = AffectFPN.from_pretrained(tmp_path / "run" / "best")
+    assert best.config.expression_temperature == 1.0
+    assert "calibration" not in summary
+    assert "calibration" not in json.loads((tmp_path / "run" / "done.json").read_text())
+
+
+def test_calibrate_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match=r"train\.calibrate must be true or false"):
+        tiny_settings(calibrate="yes")
+
+
 def test_a_recipe_with_init_scores_its_start_and_one_without_does_not(tmp_path: Path) -> None:
     folder = tmp_path / "faces"
     for split in ("train", "val"):

@@ -51,6 +51,7 @@ FINETUNE_TRAIN: dict[str, Any] = {
     "distill_temperature": 2.0,
     "interpolate_start": 0.5,
     "score_start": True,
+    "calibrate": True,
     "num_workers": "auto",
     "seed": 0,
     "select_metric": "score",

@@ -164,6 +164,12 @@ class TrainSettings:
     #: keeps more of what the start knew for the same gain on the new data. Training itself
     #: (and ``last.pt``) follows the trained weights.
     interpolate_start: float = _selection(1.0)
+    #: When the run finishes, fit one expression temperature of ``best/`` on the validation
+    #: data (:func:`affectfpn.evaluation.calibrate`; several validation sets count the same)
+    #: and save it in ``best/config.json``, so that its probabilities are calibrated for your
+    #: data: a start's temperature (or per-face calibrator) was fitted to other faces and to
+    #: other weights. ``done.json`` and the run's summary report the ECE before and after.
+    calibrate: bool = _selection(False)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -241,6 +247,8 @@ class TrainSettings:
                 f"train.interpolate_start must be in (0, 1] (1: the trained weights as they "
                 f"are), got {self.interpolate_start!r}"
             )
+        if not isinstance(self.calibrate, bool):
+            raise ConfigError(f"train.calibrate must be true or false, got {self.calibrate!r}")
         if not (math.isfinite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0):
             raise ConfigError("train.backbone_lr_scale must be a number >= 0")
         if self.select_metric != "score" and "/" not in self.select_metric:
@@ -758,16 +766,20 @@ class Trainer:
                     self.best_score,
                     self.output_dir / "best",
                 )
-            self._write_done()
+            self._write_done(self._calibrate_best())
         if self.dist.world_size > 1:
             dist.barrier()
-        return {
+        summary: dict[str, Any] = {
             "best_epoch": self._best_epoch_number(),
             "best_score": self.best_score,
             "history": self.history,
             "output_dir": str(self.output_dir),
             "finished": finished,
         }
+        calibration = self._read_done().get("calibration") if finished else None
+        if calibration is not None:
+            summary["calibration"] = calibration
+        return summary
 
     @contextlib.contextmanager
     def _interpolated(self) -> Iterator[None]:
@@ -937,7 +949,9 @@ class Trainer:
         for buffer in self.model.buffers():
             dist.broadcast(buffer.data, src=0)
 
-    def _save_best(self, metrics: Mapping[str, Any]) -> None:
+    def _save_best(self, metrics: Mapping[str, Any], *, model: AffectFPN | None = None) -> None:
+        """Save ``model`` (default: the model being trained) as ``best/``, with its validation
+        ``metrics`` on the card (rank 0)."""
         if not self.dist.is_main:
             return
         card = dict(self.model_card)
@@ -945,7 +959,7 @@ class Trainer:
             flat = {k: v for k, v in _flatten(metrics).items() if isinstance(v, int | float)}
             card.setdefault("metrics", {})
             card["metrics"] = {**card["metrics"], "validation": flat}
-        self.model.save_pretrained(self.output_dir / "best", model_card=card)
+        (model or self.model).save_pretrained(self.output_dir / "best", model_card=card)
 
     def _write_logs(self) -> None:
         """Rewrite ``metrics.jsonl`` and ``metrics.csv`` from the history (rank 0, atomic)."""
@@ -982,7 +996,59 @@ class Trainer:
             return 0
         return self.best_epoch + 1 if self.best_epoch >= 0 else None
 
-    def _write_done(self) -> None:
+    def _read_done(self) -> dict[str, Any]:
+        """``done.json`` of the output folder (empty when absent or unreadable)."""
+        path = self.output_dir / DONE_NAME
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return old if isinstance(old, dict) else {}
+
+    def _calibrate_best(self) -> dict[str, Any] | None:
+        """``calibrate``: fit one expression temperature of ``best/`` on the validation data
+        and save ``best/`` with it (rank 0). Returns what ``done.json`` records (the
+        temperature, and per validation set the ECE and NLL before and after), or ``None``
+        when there is nothing to fit. A finished run that is resumed does not fit again."""
+        s = self.settings
+        best = self.output_dir / "best"
+        if not (s.calibrate and self.dist.is_main and self.val_set is not None):
+            return None
+        if "expression" not in self.model.config.tasks or not (best / "config.json").is_file():
+            return None
+        old = self._read_done()
+        if old.get("best_epoch") == self._best_epoch_number() and "calibration" in old:
+            return dict(old["calibration"])
+        from affectfpn.config import stored_temperature
+        from affectfpn.errors import InputError
+        from affectfpn.evaluation import calibrate
+
+        model = AffectFPN.from_pretrained(best)
+        sets = dict(self.val_set) if isinstance(self.val_set, Mapping) else {"val": self.val_set}
+        try:
+            temperature, report = calibrate(
+                model, sets, batch_size=s.batch_size, device=str(self.device)
+            )
+        except InputError as err:
+            logger.info("train.calibrate: %s; best/ keeps its expression temperature", err)
+            return None
+        dropped = model.drop_calibrator()
+        model.config = model.config.replace(expression_temperature=stored_temperature(temperature))
+        record = next((r for r in self.history if r["epoch"] == self._best_epoch_number()), {})
+        self._save_best(record.get("val") or {}, model=model)
+        logger.info(
+            "train.calibrate: best/ gets the expression temperature %.4f fitted on the "
+            "validation data (ECE %s)%s",
+            temperature,
+            ", ".join(
+                f"{name} {r['ece_before']:.3f} -> {r['ece_after']:.3f}"
+                for name, r in report.items()
+            ),
+            "; the start's per-face calibrator is dropped" if dropped else "",
+        )
+        return {"temperature": float(temperature), "sets": report}
+
+    def _write_done(self, calibration: Mapping[str, Any] | None = None) -> None:
         if not self.dist.is_main:
             return
         done: dict[str, Any] = {
@@ -990,13 +1056,12 @@ class Trainer:
             "best_epoch": self._best_epoch_number(),
             "best_score": self.best_score if math.isfinite(self.best_score) else None,
         }
+        if calibration is not None:
+            done["calibration"] = dict(calibration)
         path = self.output_dir / DONE_NAME
         if path.is_file():
-            try:
-                old = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                old = None
-            if isinstance(old, dict) and all(old.get(k) == v for k, v in done.items()):
+            old = self._read_done()
+            if old and all(old.get(k) == v for k, v in done.items()):
                 return  # unchanged: keep the first finishing time
         done["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write(
