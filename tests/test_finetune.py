@@ -514,6 +514,13 @@ def test_finetune_command_trains_from_folders_and_keeps_the_start_heads(
     assert "best epoch" in out
     model = AffectFPN.from_pretrained(tmp_path / "run" / "best")
     assert model.config.tasks == ("expression", "au")  # the default's AU head is kept
+    # calibrated for these faces: one temperature, the default's per-face calibrator dropped
+    assert model.calibrator is None
+    assert not model.config.adaptive_temperature
+    done = json.loads((tmp_path / "run" / "done.json").read_text())
+    temperature = done["calibration"]["temperature"]
+    assert model.config.expression_temperature == pytest.approx(temperature, abs=1e-4)
+    assert f"calibrated: expression temperature {temperature:.4f}" in out
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert rows[0]["epoch"] == "0"
     assert cli_main(["finetune", str(tmp_path / "missing"), "--check"]) != 0

@@ -96,4 +96,14 @@ def run(args: argparse.Namespace) -> int:
     kept = " (the start: no epoch beat it on the validation data)" if best == 0 else ""
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
     print(f"best epoch {best}{kept}: {recipe.output_dir / 'best'}")
+    calibration = summary.get("calibration")
+    if calibration:
+        eces = ", ".join(
+            f"{name} {r['ece_before']:.3f} -> {r['ece_after']:.3f}"
+            for name, r in calibration["sets"].items()
+        )
+        print(
+            f"calibrated: expression temperature {calibration['temperature']:.4f}, fitted on the "
+            f"validation data (expected calibration error {eces})"
+        )
     return EXIT_OK
