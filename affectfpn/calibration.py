@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,9 +128,30 @@ def expected_calibration_error(
     return reliability(probabilities, labels, bins=bins).ece
 
 
-def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
-    """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)``."""
-    return float(F.cross_entropy(logits / temperature, labels))
+def _scaled(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """``logits / temperature``: one temperature, or one per face (``N`` or ``N x 1``)."""
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.reshape(-1, 1).to(logits.dtype)
+    return logits / temperature
+
+
+def probabilities(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """``softmax(logits / temperature)``, with one temperature or one per face."""
+    return _scaled(logits, temperature).softmax(1)
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float | torch.Tensor) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)`` (one
+    temperature, or one per face)."""
+    return float(F.cross_entropy(_scaled(logits, temperature), labels))
+
+
+def ece_changes(report: Mapping[str, Mapping[str, float]]) -> str:
+    """``"name before -> after, ..."``: the expected calibration errors of a calibration report
+    (:func:`affectfpn.evaluation.calibrate`), for a log line."""
+    return ", ".join(
+        f"{name} {r['ece_before']:.3f} -> {r['ece_after']:.3f}" for name, r in report.items()
+    )
 
 
 def fit_temperature(

@@ -704,13 +704,13 @@ def evaluate(
             continue
         metrics[task] = _task_metrics(task, computed[task], meter, align, float(au_threshold))
     if "expression" in metrics and expr_logits:
-        from affectfpn.calibration import plot_reliability
+        from affectfpn.calibration import plot_reliability, probabilities
         from affectfpn.calibration import reliability as reliability_bins
 
         temperature: float | torch.Tensor = float(config.expression_temperature)
         if expr_temperatures:
             temperature = torch.cat(expr_temperatures)
-        probs = (torch.cat(expr_logits) / temperature).softmax(1)
+        probs = probabilities(torch.cat(expr_logits), temperature)
         diagram = reliability_bins(probs, torch.cat(expr_labels))
         metrics["expression"]["ece"] = diagram.ece
         if isinstance(temperature, torch.Tensor):
@@ -984,26 +984,6 @@ def calibration_data(
     return CalibrationData(features=z, logits=x, labels=y, temperatures=t)
 
 
-def expression_logits(
-    model: Any, dataset: Any, *, batch_size: int = 64, device: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's raw expression logits (float32, the model's class order) and the labels of
-    the samples of ``dataset`` that carry an expression label."""
-    if "expression" not in model.config.tasks:
-        raise InputError("the model has no expression head to calibrate")
-    logits: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    for batch, out in model_outputs(model, dataset, batch_size=batch_size, device=device):
-        mask = torch.as_tensor(batch["expression_mask"]).bool()
-        if out.expression is None or not mask.any():
-            continue
-        logits.append(out.expression.float().cpu()[mask])
-        labels.append(torch.as_tensor(batch["expression"])[mask].long())
-    if not logits:
-        raise InputError("the data holds no expression label to calibrate on")
-    return torch.cat(logits), torch.cat(labels)
-
-
 @overload
 def calibrate(
     model: Any,
@@ -1054,17 +1034,12 @@ def calibrate(
         expected_calibration_error,
         fit_adaptive_temperature,
         fit_temperature,
+        nll,
+        probabilities,
     )
 
-    def nll(x: torch.Tensor, y: torch.Tensor, t: float | torch.Tensor) -> float:
-        if isinstance(t, torch.Tensor):
-            t = t.reshape(-1, 1)
-        return float(torch.nn.functional.cross_entropy(x.double() / t, y))
-
     def ece(x: torch.Tensor, y: torch.Tensor, t: float | torch.Tensor) -> float:
-        if isinstance(t, torch.Tensor):
-            t = t.reshape(-1, 1)
-        return expected_calibration_error((x.double() / t).softmax(1), y)
+        return expected_calibration_error(probabilities(x, t), y)
 
     data = {
         name: calibration_data(model, dataset, batch_size=batch_size, device=device)
@@ -1078,7 +1053,7 @@ def calibrate(
         )
     report: dict[str, dict[str, float]] = {}
     for name, d in data.items():
-        x, y = d.logits, d.labels
+        x, y = d.logits.double(), d.labels
         after = single if isinstance(fit, float) else fit(d.features)
         report[name] = {
             "samples": float(len(y)),

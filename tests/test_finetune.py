@@ -138,7 +138,7 @@ def test_calibrate_fits_best_s_temperature_on_the_validation_data(tmp_path: Path
     best/ must come out with the NLL-optimal temperature of the val split, reported in
     done.json and the summary, its weights unchanged."""
     from affectfpn.calibration import fit_temperature
-    from affectfpn.evaluation import expression_logits
+    from affectfpn.evaluation import calibration_data
 
     trainer, summary = _trained_on_separable(tmp_path, calibrate=True)
     best = AffectFPN.from_pretrained(tmp_path / "run" / "best")
@@ -152,8 +152,8 @@ def test_calibrate_fits_best_s_temperature_on_the_validation_data(tmp_path: Path
     assert report["samples"] == 24
     assert report["nll_after"] <= report["nll_before"] + 1e-9
     # the same fit, by hand, on the saved weights
-    logits, labels = expression_logits(best, Separable(24, offset=500))
-    assert fit_temperature([(logits, labels)]) == pytest.approx(temperature, rel=1e-3)
+    data = calibration_data(best, Separable(24, offset=500))
+    assert fit_temperature([(data.logits, data.labels)]) == pytest.approx(temperature, rel=1e-3)
     # a finished run resumed does not fit again, and keeps the record
     again = trainer.fit()
     assert again["calibration"] == calibration

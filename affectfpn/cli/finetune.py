@@ -98,10 +98,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"best epoch {best}{kept}: {recipe.output_dir / 'best'}")
     calibration = summary.get("calibration")
     if calibration:
-        eces = ", ".join(
-            f"{name} {r['ece_before']:.3f} -> {r['ece_after']:.3f}"
-            for name, r in calibration["sets"].items()
-        )
+        from affectfpn.calibration import ece_changes
+
+        eces = ece_changes(calibration["sets"])
         print(
             f"calibrated: expression temperature {calibration['temperature']:.4f}, fitted on the "
             f"validation data (expected calibration error {eces})"

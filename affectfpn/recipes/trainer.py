@@ -38,7 +38,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from affectfpn._device import DistInfo, amp_dtype, amp_mode, autocast, resolve_device
-from affectfpn.errors import AffectFPNError, ConfigError
+from affectfpn.config import stored_temperature
+from affectfpn.errors import AffectFPNError, ConfigError, InputError
 from affectfpn.io import atomic_open, atomic_write
 from affectfpn.labels import ACTION_UNITS, TASKS
 from affectfpn.metrics import MultiTaskMeter
@@ -1019,8 +1020,7 @@ class Trainer:
         old = self._read_done()
         if old.get("best_epoch") == self._best_epoch_number() and "calibration" in old:
             return dict(old["calibration"])
-        from affectfpn.config import stored_temperature
-        from affectfpn.errors import InputError
+        from affectfpn.calibration import ece_changes
         from affectfpn.evaluation import calibrate
 
         model = AffectFPN.from_pretrained(best)
@@ -1040,10 +1040,7 @@ class Trainer:
             "train.calibrate: best/ gets the expression temperature %.4f fitted on the "
             "validation data (ECE %s)%s",
             temperature,
-            ", ".join(
-                f"{name} {r['ece_before']:.3f} -> {r['ece_after']:.3f}"
-                for name, r in report.items()
-            ),
+            ece_changes(report),
             "; the start's per-face calibrator is dropped" if dropped else "",
         )
         return {"temperature": float(temperature), "sets": report}
