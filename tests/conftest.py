@@ -42,6 +42,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _replay_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tuning's replay images are cached in the session's temporary folder, never in the
+    user's cache (``AFFECTFPN_CACHE``)."""
+    monkeypatch.setenv("AFFECTFPN_CACHE", str(tmp_path_factory.getbasetemp() / "affectfpn-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ``../shared`` folder (env ``AFFECTFPN_SHARED``); skips the test when it is absent."""

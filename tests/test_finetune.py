@@ -188,6 +188,8 @@ def test_a_recipe_with_init_scores_its_start_and_one_without_does_not(tmp_path: 
         "train.progress=false",
         "train.amp=off",
         "train.channels_last=false",
+        "train.replay_synthetic=4",  # the defaults' replay, made small
+        "train.replay_iterations=2",
     ]
     tuned = run_recipe(
         load_recipe(
@@ -440,6 +442,8 @@ def test_a_valence_arousal_head_fine_tunes_from_a_csv_on_the_default(tmp_path: P
             "train.batch_size=8",
             "train.device=cpu",
             "train.progress=false",
+            "train.replay_synthetic=4",
+            "train.replay_iterations=2",
         ],
     )
     summary = run_recipe(recipe)
@@ -507,9 +511,19 @@ def test_finetune_command_trains_from_folders_and_keeps_the_start_heads(
             "batch_size=8",
             "--set",
             "device='cpu'",
+            "--set",
+            "replay_synthetic=4",
+            "--set",
+            "replay_iterations=2",
         ]
     )
     assert code == 0
+    from safetensors.torch import load_file
+
+    # the defaults replay images of the start (here 4 of them, 48 px grey)
+    images = load_file(tmp_path / "run" / "replay.safetensors")["images"]
+    assert images.shape == (4, 3, 48, 48)
+    assert torch.equal(images[:, 0], images[:, 2])
     out = capsys.readouterr().out
     assert "best epoch" in out
     model = AffectFPN.from_pretrained(tmp_path / "run" / "best")

@@ -254,6 +254,10 @@ def test_finetune_recipe_trains_from_the_command_line(
             "train.device='cpu'",
             "--set",
             "train.progress=false",
+            "--set",
+            "train.replay_synthetic=2",
+            "--set",
+            "train.replay_iterations=1",
         ]
     )
     assert code == 0

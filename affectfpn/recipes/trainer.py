@@ -43,7 +43,7 @@ from affectfpn.errors import AffectFPNError, ConfigError, InputError
 from affectfpn.io import atomic_open, atomic_write
 from affectfpn.labels import ACTION_UNITS, TASKS
 from affectfpn.metrics import MultiTaskMeter
-from affectfpn.models.affectfpn import AffectFPN
+from affectfpn.models.affectfpn import AffectFPN, AffectFPNOutput
 from affectfpn.preprocess import normalize
 from affectfpn.recipes.augment import BatchAugment
 from affectfpn.recipes.losses import distill_loss, multitask_loss
@@ -165,6 +165,18 @@ class TrainSettings:
     #: keeps more of what the start knew for the same gain on the new data. Training itself
     #: (and ``last.pt``) follows the trained weights.
     interpolate_start: float = _selection(1.0)
+    #: Distil the start also on this many images inverted from its BatchNorm statistics
+    #: (:mod:`affectfpn.recipes.replay`): they stand in for the start's own training data, so
+    #: what it knew about faces unlike yours is held too, not only its outputs on your faces.
+    #: 0 (the default) is off; each step then also runs a batch of them (the same size).
+    replay_synthetic: int = _trajectory(0)
+    #: The weight of that distillation (every task the start and the model share).
+    replay_weight: float = _trajectory(1.0)
+    #: Optimisation steps that make the replay images.
+    replay_iterations: int = _trajectory(300)
+    #: Make grey replay images (the shipped models were trained on grey faces); ``false`` for a
+    #: start trained on colour faces.
+    replay_grey: bool = _trajectory(True)
     #: When the run finishes, fit one expression temperature of ``best/`` on the validation
     #: data (:func:`affectfpn.evaluation.calibrate`; several validation sets count the same)
     #: and save it in ``best/config.json``, so that its probabilities are calibrated for your
@@ -239,6 +251,22 @@ class TrainSettings:
                 raise ConfigError(f"train.distill_start.{task} must be a number, got {weight!r}")
             if not (math.isfinite(weight) and weight >= 0):
                 raise ConfigError(f"train.distill_start.{task} must be finite and >= 0")
+        for name in ("replay_synthetic", "replay_iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"train.{name} must be an integer >= 0, got {value!r}")
+        if self.replay_iterations < 1:
+            raise ConfigError("train.replay_iterations must be at least 1")
+        if isinstance(self.replay_weight, bool) or not (
+            isinstance(self.replay_weight, int | float)
+            and math.isfinite(self.replay_weight)
+            and self.replay_weight >= 0
+        ):
+            raise ConfigError(
+                f"train.replay_weight must be a finite number >= 0, got {self.replay_weight!r}"
+            )
+        if not isinstance(self.replay_grey, bool):
+            raise ConfigError(f"train.replay_grey must be true or false, got {self.replay_grey!r}")
         if not self.distill_temperature > 0:
             raise ConfigError("train.distill_temperature must be positive")
         if isinstance(self.interpolate_start, bool) or not (
@@ -455,8 +483,13 @@ class Trainer:
         self.teacher: AffectFPN | None = None
         self._distill_au: tuple[list[int], list[int]] | None = None
         self._distill_weights: dict[str, float] = {}
+        #: ``{task: weight}`` of the distillation on the synthetic replay images
+        self._replay_weights: dict[str, float] = {}
+        #: the replay images (uint8, on the CPU), made when :meth:`fit` starts
+        self._replay_images: torch.Tensor | None = None
+        self._replay_generator = torch.Generator()
         distill = {k: float(v) for k, v in s.distill_start.items() if v}
-        if distill:
+        if distill or (s.replay_synthetic and s.replay_weight):
             import copy
 
             source = teacher if teacher is not None else copy.deepcopy(model)
@@ -471,9 +504,11 @@ class Trainer:
                     list(source.config.tasks),
                     list(model.config.tasks),
                 )
-            if self._distill_weights:
+            if s.replay_synthetic and s.replay_weight:
+                self._replay_weights = {k: float(s.replay_weight) for k in sorted(both)}
+            if self._distill_weights or self._replay_weights:
                 self.teacher, self._distill_au = _distill_teacher(
-                    source, model, self._distill_weights
+                    source, model, {**self._replay_weights, **self._distill_weights}
                 )
                 self.teacher.to(self.device)
         self.model = model.to(self.device)
@@ -735,6 +770,8 @@ class Trainer:
         end = s.epochs if stop_after_epoch is None else min(s.epochs, int(stop_after_epoch))
         if s.score_start and self.val_set is not None and self.epoch == 0 and not self.history:
             self._score_start()
+        if self._replay_weights and self._replay_images is None and self.epoch < end:
+            self._replay_images = self._prepare_replay()
         while self.epoch < end:
             record = self.train_one_epoch(self.epoch)
             if self.val_set is not None and (
@@ -811,6 +848,43 @@ class Trainer:
         self._write_logs()
         self._log_epoch(record)
 
+    def _prepare_replay(self) -> torch.Tensor:
+        """The synthetic replay images of ``train.replay_synthetic``: made from the start by the
+        main process (or read back from the run's folder on a resume), then read by the rest."""
+        from affectfpn.recipes.replay import load_or_synthesize
+
+        s = self.settings
+        assert self.teacher is not None
+        path = self.output_dir / "replay.safetensors"
+
+        def load() -> torch.Tensor:
+            return load_or_synthesize(
+                path,
+                self.teacher,  # type: ignore[arg-type]
+                int(s.replay_synthetic),
+                iterations=int(s.replay_iterations),
+                grey=bool(s.replay_grey),
+                seed=int(s.seed),
+                device=self.device,
+            )
+
+        if self.dist.is_main:
+            images = load()
+        if self.dist.world_size > 1:
+            dist.barrier()
+        if not self.dist.is_main:
+            images = load()
+        return images
+
+    def _replay_batch(self, n: int) -> torch.Tensor:
+        """``n`` replay images drawn at random, augmented as the training batch is."""
+        assert self._replay_images is not None
+        index = torch.randint(0, len(self._replay_images), (n,), generator=self._replay_generator)
+        image = self._replay_images[index].to(self.device, non_blocking=True).float().div_(255.0)
+        if self.augment is not None:
+            image = self.augment(image, self._replay_generator)
+        return normalize(image, self.model.config).contiguous(memory_format=self.memory_format)
+
     def validate(self) -> tuple[dict[str, Any], float]:
         """The validation metrics and the score that chooses the best epoch.
 
@@ -833,6 +907,7 @@ class Trainer:
         seed = _mix(s.seed, epoch, 2)
         seed_everything(_mix(seed, self.dist.rank))
         self._aug_generator.manual_seed(_mix(seed, self.dist.rank, 4))
+        self._replay_generator.manual_seed(_mix(seed, self.dist.rank, 5))
         self.sampler.set_epoch(epoch)
         loader = self._loader(self.train_set, self.sampler, seed=_mix(seed, self.dist.rank, 3))
         self.ddp_model.train()
@@ -851,12 +926,22 @@ class Trainer:
                 break
             batch = self._to_device(batch, train=True)
             labelled += _count_labels(batch, self.model.config.tasks)
+            images = batch["image"]
+            replay = (
+                self._replay_batch(int(images.shape[0]))
+                if self._replay_images is not None
+                else None
+            )
             with self._autocast():
-                output = self.ddp_model(batch["image"])
+                if replay is None:
+                    output = self.ddp_model(images)
+                else:  # one forward pass (DDP), split after
+                    joint = self.ddp_model(torch.cat([images, replay]))
+                    output, replayed = _split_output(joint, int(images.shape[0]))
             loss, parts = multitask_loss(
                 output, batch, weights=s.task_weights, label_smoothing=s.label_smoothing
             )
-            if self.teacher is not None:
+            if self.teacher is not None and self._distill_weights:
                 with torch.no_grad(), self._autocast():
                     held = self.teacher(batch["image"])
                 extra, held_parts = distill_loss(
@@ -868,6 +953,18 @@ class Trainer:
                 )
                 loss = loss + extra
                 parts = {**parts, **{f"hold_{k}": v for k, v in held_parts.items()}}
+            if replay is not None and self.teacher is not None:
+                with torch.no_grad(), self._autocast():
+                    held = self.teacher(replay)
+                extra, held_parts = distill_loss(
+                    replayed,
+                    held,
+                    weights=self._replay_weights,
+                    temperature=s.distill_temperature,
+                    au_index=self._distill_au,
+                )
+                loss = loss + extra
+                parts = {**parts, **{f"replay_{k}": v for k, v in held_parts.items()}}
             if not torch.isfinite(loss.detach()):
                 values = {k: float(v.detach()) for k, v in parts.items()}
                 raise AffectFPNError(
@@ -1137,6 +1234,13 @@ def select_score(metrics: Mapping[str, Mapping[str, Any]], name: str) -> float:
         raise ConfigError(
             f"train.select_metric {name!r} is not among the validation metrics"
         ) from None
+
+
+def _split_output(output: AffectFPNOutput, n: int) -> tuple[AffectFPNOutput, AffectFPNOutput]:
+    """The outputs of the first ``n`` images of a batch, and of the rest."""
+    head = AffectFPNOutput(*(None if t is None else t[:n] for t in output))
+    tail = AffectFPNOutput(*(None if t is None else t[n:] for t in output))
+    return head, tail
 
 
 def _distill_teacher(
