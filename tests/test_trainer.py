@@ -756,7 +756,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow  # two fresh Python processes importing torch, under torchrun: ~11 s
-def test_two_cpu_processes_train_together_under_torchrun(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replay", [0, 4], ids=["plain", "replay"])
+def test_two_cpu_processes_train_together_under_torchrun(tmp_path: Path, replay: int) -> None:
+    """With replay too: the extra images join the batch's one forward pass, which DDP needs."""
     out, logs = tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
     script = tmp_path / "ddp_child.py"
@@ -786,7 +788,10 @@ def test_two_cpu_processes_train_together_under_torchrun(tmp_path: Path) -> None
                 return real_pretrained(self, *args, **kwargs)
             AffectFPN.save_pretrained = save_pretrained
             data = SyntheticFaces(16, on_get=lambda i: seen.append([epoch[0], i]))
-            trainer = reference_trainer({str(out)!r}, train_set=data, epochs=2, batch_size=2)
+            trainer = reference_trainer(
+                {str(out)!r}, train_set=data, epochs=2, batch_size=2,
+                replay_synthetic={replay}, replay_iterations=2,
+            )
             summary = trainer.fit()
             digest = hashlib.sha256()
             for value in trainer.model.state_dict().values():
@@ -838,6 +843,9 @@ def test_two_cpu_processes_train_together_under_torchrun(tmp_path: Path) -> None
     assert ranks[0]["val_scores"] == ranks[1]["val_scores"], "validation metrics are merged"
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    replayed = ["train_replay_expression" in r for r in read_jsonl(out / "metrics.jsonl")]
+    assert replayed == [bool(replay)] * 2
+    assert (out / "replay.safetensors").is_file() == bool(replay)
 
 
 def _torch_rates(scheduler_of: Callable[[torch.optim.Optimizer], Any], steps: int) -> list[float]:
