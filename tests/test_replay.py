@@ -24,6 +24,19 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache"
 
 
+def _count_syntheses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time replay images are made."""
+    made: list[int] = []
+    real = replay.synthesize
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(replay, "synthesize", counting)
+    return made
+
+
 def _pretrained(tmp_path: Path) -> Any:
     """A tiny model whose BatchNorm statistics come from training (not the 0/1 of a new one)."""
     model = tiny_model(tasks=("expression", "au"), trainable_layers=5, head_dropout=0.0)
@@ -97,14 +110,7 @@ def test_saved_images_are_reused_only_for_the_same_start_and_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = tiny_model(tasks=("expression",))
-    made: list[int] = []
-    real = replay.synthesize
-
-    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        made.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(replay, "synthesize", counting)
+    made = _count_syntheses(monkeypatch)
     path = tmp_path / "run" / "replay.safetensors"
     first = replay.load_or_synthesize(path, model, 3, iterations=2)
     assert torch.equal(replay.load_or_synthesize(path, model, 3, iterations=2), first)
@@ -182,14 +188,7 @@ def test_a_resumed_run_reuses_its_replay_images(
     model = tiny_model(tasks=("expression",), trainable_layers=5)
     settings = tiny_settings(epochs=2, replay_synthetic=4, replay_iterations=2)
     Trainer(model, Separable(8), settings=settings, output_dir=tmp_path).fit(stop_after_epoch=1)
-    made: list[int] = []
-    real = replay.synthesize
-
-    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        made.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(replay, "synthesize", counting)
+    made = _count_syntheses(monkeypatch)
     model = tiny_model(tasks=("expression",), trainable_layers=5)
     summary = Trainer(model, Separable(8), settings=settings, output_dir=tmp_path).fit()
     assert summary["finished"]

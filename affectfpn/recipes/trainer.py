@@ -848,6 +848,22 @@ class Trainer:
         self._write_logs()
         self._log_epoch(record)
 
+    def _distill(
+        self, output: AffectFPNOutput | None, images: torch.Tensor, weights: Mapping[str, float]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """How far ``output`` (the model's, on ``images``) moved from the start's outputs."""
+        assert self.teacher is not None
+        assert output is not None
+        with torch.no_grad(), self._autocast():
+            held = self.teacher(images)
+        return distill_loss(
+            output,
+            held,
+            weights=weights,
+            temperature=self.settings.distill_temperature,
+            au_index=self._distill_au,
+        )
+
     def _prepare_replay(self) -> torch.Tensor:
         """The synthetic replay images of ``train.replay_synthetic``: made from the start by the
         main process (or read back from the run's folder on a resume), then read by the rest."""
@@ -932,6 +948,7 @@ class Trainer:
                 if self._replay_images is not None
                 else None
             )
+            replayed: AffectFPNOutput | None = None
             with self._autocast():
                 if replay is None:
                     output = self.ddp_model(images)
@@ -941,30 +958,14 @@ class Trainer:
             loss, parts = multitask_loss(
                 output, batch, weights=s.task_weights, label_smoothing=s.label_smoothing
             )
-            if self.teacher is not None and self._distill_weights:
-                with torch.no_grad(), self._autocast():
-                    held = self.teacher(batch["image"])
-                extra, held_parts = distill_loss(
-                    output,
-                    held,
-                    weights=self._distill_weights,
-                    temperature=s.distill_temperature,
-                    au_index=self._distill_au,
-                )
-                loss = loss + extra
-                parts = {**parts, **{f"hold_{k}": v for k, v in held_parts.items()}}
-            if replay is not None and self.teacher is not None:
-                with torch.no_grad(), self._autocast():
-                    held = self.teacher(replay)
-                extra, held_parts = distill_loss(
-                    replayed,
-                    held,
-                    weights=self._replay_weights,
-                    temperature=s.distill_temperature,
-                    au_index=self._distill_au,
-                )
-                loss = loss + extra
-                parts = {**parts, **{f"replay_{k}": v for k, v in held_parts.items()}}
+            for out, held_images, weights, name in (
+                (output, images, self._distill_weights, "hold"),
+                (replayed, replay, self._replay_weights, "replay"),
+            ):
+                if weights and held_images is not None:
+                    extra, held_parts = self._distill(out, held_images, weights)
+                    loss = loss + extra
+                    parts = {**parts, **{f"{name}_{k}": v for k, v in held_parts.items()}}
             if not torch.isfinite(loss.detach()):
                 values = {k: float(v.detach()) for k, v in parts.items()}
                 raise AffectFPNError(
