@@ -12,7 +12,8 @@ Defaults are chosen on the two ``val`` splits only; the ``test`` figures are the
     python benchmarks/finetune_curve.py --sizes 250 1000 all --seeds 0 1 2 \\
         --out runs/finetune-curve/results.jsonl
     python benchmarks/finetune_curve.py --plot runs/finetune-curve/results.jsonl \\
-        --figure docs/img/finetune-curve.png
+        --tag replay-defaults --compare w1-kd1-a05 --name replay-defaults=defaults \\
+        --name "w1-kd1-a05=before replay" --figure docs/img/finetune-curve.png
     # a variant: any recipe value, as with affectfpn train --set
     python benchmarks/finetune_curve.py --sizes 250 --seeds 0 --tag lr01 --set train.lr=0.01
 
@@ -121,9 +122,9 @@ def run(args: argparse.Namespace) -> None:
                 overrides.append(f"model.init={args.init}")
             shutil.rmtree(work / "run", ignore_errors=True)
             os.environ["FINETUNE_DATA"] = str(folder)
-            start = time.perf_counter()
+            began = time.perf_counter()
             summary = run_recipe(load_recipe(ROOT / "recipes" / "finetune-custom.toml", overrides))
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - began
             model = AffectFPN.from_pretrained(work / "run" / "best")
             row = {
                 "tag": args.tag,
@@ -157,7 +158,12 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path, figure: Path, tag: str) -> None:
+def plot(
+    path: Path, figure: Path, tag: str, compare: str = "", names: dict[str, str] | None = None
+) -> None:
+    """The figure of docs/training.md: test accuracy on the new data and on FER2013 against the
+    number of fine-tuning faces, for ``tag`` (mean, and the range over seeds) and, dotted,
+    ``compare`` (another configuration, e.g. the previous defaults)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,29 +172,46 @@ def plot(path: Path, figure: Path, tag: str) -> None:
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     start = next(r for r in rows if r["tag"] == "start")
-    runs = [r for r in rows if r["tag"] == tag]
-    sizes = sorted({r["train_images"] for r in runs})
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    sizes: list[int] = []
+    for name, style, band in ((tag, "o-", True), (compare, "s:", False)):
+        runs = [r for r in rows if name and r["tag"] == name]
+        if not runs:
+            continue
+        sizes = sorted({r["train_images"] for r in runs}) if band else sizes
+        for split, label, colour in (
+            ("new_test", "lfw-expressions test", "tab:blue"),
+            ("fer_test", "FER2013 test", "tab:red"),
+        ):
+            ns = sorted({r["train_images"] for r in runs})
+            means, lows, highs = [], [], []
+            for n in ns:
+                values = [r[split]["accuracy"] for r in runs if r["train_images"] == n]
+                means.append(sum(values) / len(values))
+                lows.append(min(values))
+                highs.append(max(values))
+            ax.plot(
+                ns,
+                means,
+                style,
+                color=colour,
+                alpha=1.0 if band else 0.6,
+                label=f"{label} ({(names or {}).get(name, name)})",
+            )
+            if band:
+                ax.fill_between(ns, lows, highs, color=colour, alpha=0.2)
     for split, label, colour in (
         ("new_test", "lfw-expressions test", "tab:blue"),
         ("fer_test", "FER2013 test", "tab:red"),
     ):
-        means, lows, highs = [], [], []
-        for n in sizes:
-            values = [r[split]["accuracy"] for r in runs if r["train_images"] == n]
-            means.append(sum(values) / len(values))
-            lows.append(min(values))
-            highs.append(max(values))
-        ax.plot(sizes, means, "o-", color=colour, label=f"{label} (fine-tuned)")
-        ax.fill_between(sizes, lows, highs, color=colour, alpha=0.2)
-        ax.axhline(start[split]["accuracy"], color=colour, ls="--", label=f"{label} (start)")
+        ax.axhline(start[split]["accuracy"], color=colour, ls="--", lw=1, label=f"{label} (start)")
     ax.set_xscale("log")
     ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("fine-tuning images (lfw-expressions train)")
     ax.set_ylabel("accuracy")
     ax.set_title("Fine-tuning a FER2013 model on news photos: gain and forgetting", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.06))
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
@@ -214,9 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="print the results as a table")
     parser.add_argument("--plot", default="", help="results file to plot")
     parser.add_argument("--figure", default="docs/img/finetune-curve.png")
+    parser.add_argument("--compare", default="", help="a second tag to plot, dotted")
+    parser.add_argument(
+        "--name", action="append", default=[], metavar="TAG=LABEL", help="a tag's legend label"
+    )
     args = parser.parse_args(argv)
     if args.plot:
-        plot(Path(args.plot), Path(args.figure), args.tag)
+        names = dict(item.split("=", 1) for item in args.name)
+        plot(Path(args.plot), Path(args.figure), args.tag, args.compare, names)
         return 0
     if args.table:
         print(table(Path(args.out)))

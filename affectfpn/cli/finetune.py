@@ -16,7 +16,9 @@ def add_parser(command: Command) -> None:
         "Fine-tune a pretrained model (default: the embedded default) on your faces, with "
         "measured defaults: the start is scored on VAL as epoch 0 and kept when no epoch beats "
         "it; heads your labels lack (the default's action units) are kept and held to the "
-        "start; --add-task va adds a valence/arousal head, trained from a CSV with valence and "
+        "start, and so is what it knew about other faces (images inverted from the start, made "
+        "once and cached: minutes on a CPU; --set replay_synthetic=0 turns it off); --add-task "
+        "va adds a valence/arousal head, trained from a CSV with valence and "
         "arousal columns. TRAIN and VAL are folders of expression class folders "
         "(train/happy/0001.jpg) or label CSVs (path, expression, valence, arousal, AU1..AU26). "
         "The model is written to OUT/best.",
