@@ -524,8 +524,12 @@ def test_finetune_command_trains_from_folders_and_keeps_the_start_heads(
     images = load_file(tmp_path / "run" / "replay.safetensors")["images"]
     assert images.shape == (4, 3, 48, 48)
     assert torch.equal(images[:, 0], images[:, 2])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "best epoch" in out
+    # a training command: what takes the time is said at the default level (minutes of replay)
+    assert "synthetic replay: inverting 4 images" in captured.err
+    assert "epoch 1/1" in captured.err
     model = AffectFPN.from_pretrained(tmp_path / "run" / "best")
     assert model.config.tasks == ("expression", "au")  # the default's AU head is kept
     # calibrated for these faces: one temperature, the default's per-face calibrator dropped

@@ -106,7 +106,9 @@ def _error(message: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     # Training and publishing take long: their progress is logged at the info level.
-    default_level = logging.INFO if args.command in ("train", "publish") else logging.WARNING
+    default_level = (
+        logging.INFO if args.command in ("train", "finetune", "publish") else logging.WARNING
+    )
     with _logging(args.verbose, args.quiet, default_level):
         if args.quiet:
             import warnings
