@@ -494,8 +494,9 @@ def test_the_recipe_file_and_the_package_share_the_fine_tuning_defaults(
 
 
 def test_finetune_command_trains_from_folders_and_keeps_the_start_heads(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("AFFECTFPN_CACHE", str(tmp_path / "cache"))  # replay images made here
     for split in ("train", "val"):
         write_image_folder(tmp_path / split, {"neutral": 4, "happy": 4}, image_size=48)
     code = cli_main(
