@@ -158,6 +158,13 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+#: The figure's curves: (result split, legend label, colour).
+_CURVES = (
+    ("new_test", "lfw-expressions test", "tab:blue"),
+    ("fer_test", "FER2013 test", "tab:red"),
+)
+
+
 def plot(
     path: Path, figure: Path, tag: str, compare: str = "", names: dict[str, str] | None = None
 ) -> None:
@@ -179,10 +186,7 @@ def plot(
         if not runs:
             continue
         sizes = sorted({r["train_images"] for r in runs}) if band else sizes
-        for split, label, colour in (
-            ("new_test", "lfw-expressions test", "tab:blue"),
-            ("fer_test", "FER2013 test", "tab:red"),
-        ):
+        for split, label, colour in _CURVES:
             ns = sorted({r["train_images"] for r in runs})
             means, lows, highs = [], [], []
             for n in ns:
@@ -200,10 +204,7 @@ def plot(
             )
             if band:
                 ax.fill_between(ns, lows, highs, color=colour, alpha=0.2)
-    for split, label, colour in (
-        ("new_test", "lfw-expressions test", "tab:blue"),
-        ("fer_test", "FER2013 test", "tab:red"),
-    ):
+    for split, label, colour in _CURVES:
         ax.axhline(start[split]["accuracy"], color=colour, ls="--", lw=1, label=f"{label} (start)")
     ax.set_xscale("log")
     ax.set_xticks(sizes, [f"{n:,}" for n in sizes])

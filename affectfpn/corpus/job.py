@@ -13,7 +13,6 @@ end. A kill loses at most the part being gathered; ``resume=True`` redoes exactl
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from affectfpn.errors import ConfigError, Hint, InputError
 from affectfpn.inference.predictor import Predictor
 from affectfpn.inference.results import CsvWriter, ImagePrediction, to_pandas
 from affectfpn.io import atomic_write
+from affectfpn.models.hub import weights_digest
 from affectfpn.video import VIDEO_DEFAULTS
 
 __all__ = ["LEADING_COLUMNS", "CorpusJob", "JobSummary", "read_corpus", "run_corpus"]
@@ -136,16 +136,6 @@ def _has_parquet() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("pandas", "pyarrow"))
-
-
-def _weights_digest(model: nn.Module) -> str:
-    """The first 16 hex digits of the SHA-256 of the model's tensors (names, dtypes, values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        data = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _describe_detector(detector: object) -> object:
@@ -275,7 +265,7 @@ class CorpusJob:
             "format_version": _FORMAT_VERSION,
             "model": getattr(model, "name_or_path", None) or type(model).__name__,
             "revision": getattr(model, "revision", None),
-            "weights_sha256": _weights_digest(model),
+            "weights_sha256": weights_digest(model),
             "output_format": self.output_format,
             **options,
         }

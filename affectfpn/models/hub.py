@@ -150,6 +150,17 @@ def load_folder(cls: "type[AffectFPN]", folder: Path, *, source: str) -> "Affect
 DATA_DIGEST_KEY = "affectfpn_data_sha256"
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """The first 16 hex digits of the SHA-256 of the model's tensors (names, dtypes, shapes,
+    values): which weights a corpus job or a fine-tuning run's replay images came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _data_section(blob: bytes) -> bytes:
     """The tensor bytes of a serialised safetensors file (after the 8-byte length and header)."""
     if len(blob) < 8:

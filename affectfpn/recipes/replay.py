@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectfpn.errors import ConfigError
+from affectfpn.io import atomic_write
+from affectfpn.models.hub import weights_digest
 
 if TYPE_CHECKING:
     from affectfpn.models.affectfpn import AffectFPN
@@ -190,17 +192,6 @@ def _total_variation(image: torch.Tensor) -> torch.Tensor:
     ).pow(2).mean()
 
 
-def fingerprint(model: nn.Module) -> str:
-    """A short fingerprint of ``model``'s weights (which start the images were made from)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def cache_dir() -> Path:
     """Where replay images are cached: ``$AFFECTFPN_CACHE/replay`` (default
     ``$XDG_CACHE_HOME/affectfpn`` or ``~/.cache/affectfpn``)."""
@@ -230,12 +221,10 @@ def _read(path: Path, meta: dict[str, str]) -> torch.Tensor | None:
 
 
 def _write(path: Path, images: torch.Tensor, meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"images": images}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    blob = save({"images": images}, metadata=meta)
+    atomic_write(path, lambda tmp: tmp.write_bytes(blob))
 
 
 def load_or_synthesize(
@@ -257,7 +246,7 @@ def load_or_synthesize(
         "iterations": str(iterations),
         "grey": str(bool(grey)).lower(),
         "seed": str(seed),
-        "start": fingerprint(model),
+        "start": weights_digest(model),
     }
     images = _read(path, meta)
     if images is not None:

@@ -251,12 +251,10 @@ class TrainSettings:
                 raise ConfigError(f"train.distill_start.{task} must be a number, got {weight!r}")
             if not (math.isfinite(weight) and weight >= 0):
                 raise ConfigError(f"train.distill_start.{task} must be finite and >= 0")
-        for name in ("replay_synthetic", "replay_iterations"):
+        for name, least in (("replay_synthetic", 0), ("replay_iterations", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"train.{name} must be an integer >= 0, got {value!r}")
-        if self.replay_iterations < 1:
-            raise ConfigError("train.replay_iterations must be at least 1")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"train.{name} must be an integer >= {least}, got {value!r}")
         if isinstance(self.replay_weight, bool) or not (
             isinstance(self.replay_weight, int | float)
             and math.isfinite(self.replay_weight)
@@ -489,7 +487,8 @@ class Trainer:
         self._replay_images: torch.Tensor | None = None
         self._replay_generator = torch.Generator()
         distill = {k: float(v) for k, v in s.distill_start.items() if v}
-        if distill or (s.replay_synthetic and s.replay_weight):
+        replaying = bool(s.replay_synthetic and s.replay_weight)
+        if distill or replaying:
             import copy
 
             source = teacher if teacher is not None else copy.deepcopy(model)
@@ -504,7 +503,7 @@ class Trainer:
                     list(source.config.tasks),
                     list(model.config.tasks),
                 )
-            if s.replay_synthetic and s.replay_weight:
+            if replaying:
                 self._replay_weights = {k: float(s.replay_weight) for k in sorted(both)}
             if self._distill_weights or self._replay_weights:
                 self.teacher, self._distill_au = _distill_teacher(
@@ -870,13 +869,14 @@ class Trainer:
         from affectfpn.recipes.replay import load_or_synthesize
 
         s = self.settings
-        assert self.teacher is not None
+        start = self.teacher
+        assert start is not None
         path = self.output_dir / "replay.safetensors"
 
         def load() -> torch.Tensor:
             return load_or_synthesize(
                 path,
-                self.teacher,  # type: ignore[arg-type]
+                start,
                 int(s.replay_synthetic),
                 iterations=int(s.replay_iterations),
                 grey=bool(s.replay_grey),
