@@ -151,6 +151,9 @@ def check_model_info(info: ModelInfo, *, recipes_root: Path = RECIPES) -> bool:
 @pytest.fixture(autouse=True)
 def _isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test sees the built-in registry, and its changes are undone afterwards."""
+    # register the embedded models first: registered lazily inside the patched copies, they
+    # would vanish with them, and a later test file would find no default
+    registry._ensure_builtin()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_DEFAULT", list(registry._DEFAULT))
 
