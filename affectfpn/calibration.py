@@ -48,8 +48,9 @@ ECE_BINS = 15
 #: per-face temperature).
 TEMPERATURE_RANGE = TEMPERATURE_LIMITS
 #: The L2 penalty on the weights of a per-face temperature (:func:`fit_adaptive_temperature`),
-#: chosen among 1e-3 and 1e-2 by cross-validated ECE on the default model's two validation sets.
-ADAPTIVE_L2 = 1e-2
+#: chosen among 1e-3, 1e-2 and 1e-1 by 5-fold cross-validated ECE on the default model's two
+#: validation sets (docs/evaluation.md).
+ADAPTIVE_L2 = 1e-3
 #: Below this many labelled faces per feature, :func:`fit_adaptive_temperature` warns that the
 #: per-face temperature may overfit (the default model's: 4,458 faces, 512 features).
 ADAPTIVE_MIN_FACES_PER_FEATURE = 4
@@ -303,9 +304,10 @@ def fit_adaptive_temperature(
 ) -> AdaptiveTemperature:
     """Fit a per-face temperature on ``(features, logits, labels)`` of one or more sets.
 
-    The rule (chosen on the default model's validation sets by 2-fold cross-validated ECE, the
-    worse of FER2013 and lfw-expressions, against one global temperature, principal-component
-    projections of the features and a dataset-classifier gate): standardise each feature by the
+    The rule (chosen on the default model's validation sets by cross-validated ECE, the worse
+    of FER2013 and lfw-expressions, against one global temperature, principal-component
+    projections of the features, a dataset-classifier gate, per-predicted-class offsets, other
+    objectives and other penalties; see docs/evaluation.md): standardise each feature by the
     mean and standard deviation over all the sets' faces, then minimise the mean over the sets
     of each set's negative log-likelihood of ``softmax(logits / T(x))`` plus ``l2 * |w|^2``
     over ``log T(x) = w . standardize(z) + b``, by L-BFGS from ``T = 1`` (float64). Each set

@@ -99,7 +99,9 @@ KNOWN_MISSES: dict[str, dict[str, str]] = {
     # 0.37 (Fear 0.24, Anger 0.22; negative 0.84), the closed-mouth disgust face as Neutral
     # 0.62 (negative 0.38: below the 0.6 of the other misses, see NEGATIVE_FLOOR). With its
     # per-face temperature (issue #25) the same labels, the disgust face Neutral 0.68 (negative
-    # 0.32: this face gets a temperature below the single one, 1.089).
+    # 0.32: this face gets a temperature below the single one, 1.089); with the re-selected,
+    # less penalised calibrator (L2 0.001) Neutral 0.76 (negative 0.24): the network's logits
+    # are unchanged (golden logits), only this face's temperature fell further.
     "fer2013-lfw-multitask-resnet18-fpn": {
         "15-f13-anc-ph.jpg": "Sadness",
         "45-m7-di-ph.jpg": "Neutral",
@@ -109,7 +111,7 @@ KNOWN_MISSES: dict[str, dict[str, str]] = {
 #: except where a model was published reading a posed face as less negative (measured then,
 #: less 0.05); a model that moves further towards neutral there fails.
 NEGATIVE_FLOOR: dict[tuple[str, str], float] = {
-    ("fer2013-lfw-multitask-resnet18-fpn", "45-m7-di-ph.jpg"): 0.27,
+    ("fer2013-lfw-multitask-resnet18-fpn", "45-m7-di-ph.jpg"): 0.19,
 }
 NEGATIVE = {"Anger", "Disgust", "Fear", "Sadness"}
 
