@@ -490,7 +490,11 @@ def test_the_recipe_file_and_the_package_share_the_fine_tuning_defaults(
     recipe = load_recipe(ROOT / "recipes" / "finetune-custom.toml")
     assert recipe.table("train") == FINETUNE_TRAIN
     assert recipe.table("augment") == FINETUNE_AUGMENT
-    assert recipe.table("model") == {"init": default_model_name()}  # the embedded default
+    # the embedded default, growing its AU head by the units the data labels
+    assert recipe.table("model") == {"init": default_model_name(), "add_action_units": "labelled"}
+    from affectfpn.recipes.finetune import finetune_recipe
+
+    assert finetune_recipe("/data/faces/train", None).table("model") == recipe.table("model")
 
 
 def test_finetune_command_trains_from_folders_and_keeps_the_start_heads(

@@ -20,7 +20,8 @@ def add_parser(command: Command) -> None:
         "once and cached: minutes on a CPU; --set replay_synthetic=0 turns it off); --add-task "
         "va adds a valence/arousal head, trained from a CSV with valence and "
         "arousal columns. TRAIN and VAL are folders of expression class folders "
-        "(train/happy/0001.jpg) or label CSVs (path, expression, valence, arousal, AU1..AU26). "
+        "(train/happy/0001.jpg) or label CSVs (path, expression, valence, arousal, AU1..AU26); "
+        "action units the CSV labels that the start lacks become new outputs of its AU head. "
         "The model is written to OUT/best.",
         [
             "affectfpn finetune my-faces/train my-faces/val --out runs/mine",
@@ -46,6 +47,12 @@ def add_parser(command: Command) -> None:
         default=[],
         choices=["va", "expression", "au"],
         help="add a task (a new head) to the start's; repeatable",
+    )
+    p.add_argument(
+        "--no-new-units",
+        action="store_true",
+        help="do not add the action units your training labels name that the start lacks "
+        "(by default they become new outputs of its AU head)",
     )
     p.add_argument(
         "--set",
@@ -76,7 +83,7 @@ def _settings(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from affectfpn.recipes.finetune import finetune_recipe
+    from affectfpn.recipes.finetune import finetune_recipe, new_action_units
     from affectfpn.recipes.stage import check_data, train_from_recipe
 
     recipe = finetune_recipe(
@@ -85,13 +92,20 @@ def run(args: argparse.Namespace) -> int:
         init=args.model,
         output_dir=args.out,
         add_tasks=args.add_tasks,
+        add_action_units=() if args.no_new_units else "labelled",
         settings=_settings(args.overrides),
     )
     lines = check_data(recipe.table("data"), source="affectfpn finetune")
     if args.check:
-        print(f"ready to fine-tune {recipe.table('model')['init']} into {recipe.output_dir}")
+        start, units = new_action_units(recipe)
+        print(f"ready to fine-tune {start} into {recipe.output_dir}")
         for line in lines:
             print(f"  {line}")
+        if units:
+            print(
+                f"  new action units: {', '.join(units)} (the start lacks them: its AU head "
+                "gains them; --no-new-units leaves them out)"
+            )
         return EXIT_OK
     summary = train_from_recipe(recipe)
     best = summary.get("best_epoch")

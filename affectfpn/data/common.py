@@ -221,7 +221,14 @@ def label_counts(labels: LabelArrays) -> dict[str, int]:
     positive = (labels.au >= 0.5) & labels.au_mask
     for j, name in enumerate(ACTION_UNITS):
         out[f"au/{name}"] = int(positive[:, j].sum())
+        out[f"au_labelled/{name}"] = int(labels.au_mask[:, j].sum())
     return out
+
+
+def labelled_units(counts: Mapping[str, int]) -> list[str]:
+    """The action units that hold at least one label in :func:`label_counts` output, in
+    ACTION_UNITS order."""
+    return [name for name in ACTION_UNITS if counts.get(f"au_labelled/{name}", 0) > 0]
 
 
 def format_counts(title: str, counts: Mapping[str, int]) -> str:
@@ -511,6 +518,18 @@ def check_columns(
 
 
 _AU_COLUMN = re.compile(r"^au0*(\d+)(_c)?$", re.IGNORECASE)
+
+
+def unknown_au_columns(names: Sequence[str]) -> list[str]:
+    """The columns among ``names`` that name an action unit outside ACTION_UNITS (``AU5``,
+    ``AU09_c``): labels no affectfpn model can learn, which a reader ignores (intensity
+    columns, ``AU01_r``, are not listed)."""
+    out = []
+    for name in names:
+        m = _AU_COLUMN.match(name.strip())
+        if m is not None and f"AU{int(m.group(1))}" not in ACTION_UNITS:
+            out.append(name.strip())
+    return out
 
 
 def au_column_index(name: str) -> int | None:

@@ -33,6 +33,7 @@ from affectfpn.data.common import (
     parse_int,
     real_dir,
     resolve_inside,
+    unknown_au_columns,
     where,
 )
 from affectfpn.errors import ConfigError, DatasetError
@@ -576,8 +577,8 @@ class LabelCSV(AffectDataset):
     * ``expression``: a name from EXPRESSIONS or a synonym (``happy``), or an index 0..6; -1 is no
       label;
     * action units: ``AU1`` .. ``AU26`` or OpenFace style ``AU01`` / ``AU01_c``; 0/1 or a
-      probability in [0, 1]; -1 is no label. AUs outside ACTION_UNITS and intensity columns
-      (``AU01_r``) are ignored.
+      probability in [0, 1]; -1 is no label. AUs outside ACTION_UNITS (``AU5``) are ignored
+      with a warning that names them; intensity columns (``AU01_r``) are ignored.
 
     An empty cell is a missing label. The key is the path as written (POSIX form); a path may
     appear only once.
@@ -639,6 +640,15 @@ class LabelCSV(AffectDataset):
                     f"both give {ACTION_UNITS[j]}; keep one"
                 )
             au_cols[j] = c
+        unknown = unknown_au_columns(names)
+        if unknown:
+            logger.warning(
+                "%s: column(s) %s name action units that affectfpn does not learn (it learns %s): "
+                "ignored",
+                os.fspath(file),
+                ", ".join(unknown),
+                ", ".join(ACTION_UNITS),
+            )
 
         paths: list[str] = []
         keys: list[str] = []

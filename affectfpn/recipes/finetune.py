@@ -13,7 +13,9 @@ command line, ``recipes/finetune-custom.toml`` as a recipe file) does it with th
   the expression outputs are held too, with a weight that trades what is gained on your faces
   against what is forgotten elsewhere (measured in docs/training.md).
 * **New tasks are added, not swapped.** ``add_tasks=["va"]`` adds a valence/arousal head to the
-  start's heads; a CSV with ``valence``/``arousal`` columns trains it.
+  start's heads; a CSV with ``valence``/``arousal`` columns trains it. Action units your CSV
+  labels that the start lacks (``AU4`` beside the default's AU1, AU2, AU12 and AU26) become new
+  outputs of its AU head (``add_action_units="labelled"``); the start's units keep theirs.
 
 Data: an image folder of expression class folders (``train/happy/0001.jpg``) or a label CSV
 (``path`` plus any of ``expression``, ``valence``, ``arousal``, ``AU1`` .. ``AU26``) per split.
@@ -104,6 +106,7 @@ def finetune_recipe(
     init: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] = "runs/finetune",
     add_tasks: Sequence[str] = (),
+    add_action_units: str | Sequence[str] = "labelled",
     settings: Mapping[str, Any] | None = None,
     name: str = "finetune",
 ) -> Recipe:
@@ -117,6 +120,9 @@ def finetune_recipe(
             embedded default model).
         output_dir: Where the run writes (``best/``, ``last.pt``, ``metrics.csv``).
         add_tasks: Tasks to add to the start's (e.g. ``["va"]``), each with a new head.
+        add_action_units: Action units to add to the start's AU head: ``"labelled"`` (every
+            unit the training data labels that the start lacks), a list of names, or ``()``
+            for none.
         settings: Changes to :data:`FINETUNE_TRAIN` (any :class:`TrainSettings` field).
         name: The run's name (model card).
     """
@@ -126,6 +132,10 @@ def finetune_recipe(
     model: dict[str, Any] = {"init": str(init) if init is not None else default_model_name()}
     if add_tasks:
         model["add_tasks"] = list(add_tasks)
+    if isinstance(add_action_units, str):
+        model["add_action_units"] = add_action_units
+    elif add_action_units:
+        model["add_action_units"] = list(add_action_units)
     data: dict[str, Any] = {"train": [data_spec(train, what="train")]}
     if val is not None:
         data["val"] = [data_spec(val, what="val")]
@@ -152,6 +162,37 @@ def finetune_recipe(
     )
 
 
+def new_action_units(recipe: Recipe) -> tuple[str, list[str]]:
+    """What a fine-tuning recipe adds to its start's AU head: ``(start, units)``, the units
+    its training data labels (or its ``add_action_units`` lists) that the start lacks. Reads
+    the start's weights and lists the training data (decoding no image)."""
+    from affectfpn.models.affectfpn import AffectFPN
+    from affectfpn.recipes.stage import (
+        LABELLED_UNITS,
+        _spec_list,
+        build_datasets,
+        data_units,
+        parse_add_action_units,
+    )
+
+    table = recipe.table("model")
+    start = str(table["init"])
+    value = table.get("add_action_units")
+    if value is None:
+        return start, []
+    wanted = parse_add_action_units(value, source=f"{recipe.source} [model]")
+    if wanted == LABELLED_UNITS:
+        source = f"{recipe.source} [data.train]"
+        specs = [  # list the files, decode nothing (as check_data does)
+            {**spec, "cache": False} if "cache" in spec else spec
+            for spec in _spec_list(recipe.table("data").get("train"), source)
+        ]
+        wanted = data_units(build_datasets(specs, transform=None, source=source))
+    config = AffectFPN.from_pretrained(start).config
+    have = config.action_units if "au" in config.tasks else ()
+    return start, [u for u in wanted if u not in have]
+
+
 def finetune(
     train: str | os.PathLike[str],
     val: str | os.PathLike[str] | None,
@@ -159,6 +200,7 @@ def finetune(
     init: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] = "runs/finetune",
     add_tasks: Sequence[str] = (),
+    add_action_units: str | Sequence[str] = "labelled",
     **settings: Any,
 ) -> dict[str, Any]:
     """Fine-tune ``init`` (default: the embedded default model) on your faces.
@@ -180,7 +222,13 @@ def finetune(
     from affectfpn.recipes.stage import check_data, train_from_recipe
 
     recipe = finetune_recipe(
-        train, val, init=init, output_dir=output_dir, add_tasks=add_tasks, settings=settings
+        train,
+        val,
+        init=init,
+        output_dir=output_dir,
+        add_tasks=add_tasks,
+        add_action_units=add_action_units,
+        settings=settings,
     )
     check_data(recipe.table("data"), source=recipe.source)
     return train_from_recipe(recipe)

@@ -23,7 +23,10 @@ from affectfpn.errors import ConfigError
 
 logger = logging.getLogger("affectfpn.recipes.recipe")
 
-MODEL_EXTRA_KEYS: tuple[str, ...] = ("init", "backbone_weights", "add_tasks")
+MODEL_EXTRA_KEYS: tuple[str, ...] = ("init", "backbone_weights", "add_tasks", "add_action_units")
+#: ``[model] add_action_units = "labelled"``: every action unit the training data labels that
+#: the start lacks becomes a new output of its AU head (the fine-tuning default).
+LABELLED_UNITS = "labelled"
 #: Keys of ``[card]`` (see :meth:`affectfpn.AffectFPN.save_pretrained`).
 CARD_KEYS: tuple[str, ...] = (
     "name",
@@ -104,6 +107,13 @@ def check_stage_tables(tables: Mapping[str, Any], *, source: str) -> None:
     fields = [f.name for f in dataclasses.fields(AffectFPNConfig) if not f.name.startswith("_")]
     _reject_unknown(model, [*fields, *MODEL_EXTRA_KEYS], f"{source} [model]")
     config_keys = {k: v for k, v in model.items() if k not in MODEL_EXTRA_KEYS}
+    if "add_action_units" in model:
+        parse_add_action_units(model["add_action_units"], source=f"{source} [model]")
+        if "init" not in model:
+            raise ConfigError(
+                f"{source} [model] add_action_units adds outputs to a pretrained model's AU "
+                "head and needs [model] init; a fresh model learns [model] action_units"
+            )
     if "init" not in model:
         AffectFPNConfig.from_dict(config_keys, source=f"{source} [model]")
     elif config_keys:
@@ -297,6 +307,7 @@ def check_data(data: Mapping[str, Any], *, source: str) -> list[str]:
         ConfigError: every dataset that is missing, empty or holds no label, each named with
             its path and the fix, in one message.
     """
+    from affectfpn.data.common import labelled_units
     from affectfpn.errors import AffectFPNError
 
     lines: list[str] = []
@@ -326,7 +337,12 @@ def check_data(data: Mapping[str, Any], *, source: str) -> list[str]:
                 )
                 continue
             name = f" {spec['name']}" if spec.get("name") else ""
-            shown = ", ".join(f"{t} {c}" for t, c in labelled.items() if c)
+            units = labelled_units(counts)
+            shown = ", ".join(
+                f"{t} {c}" + (f" ({', '.join(units)})" if t == "au" and units else "")
+                for t, c in labelled.items()
+                if c
+            )
             lines.append(f"{split}{name}: {spec.get('type')} with {n} samples; labels: {shown}")
     if problems:
         raise ConfigError("the recipe's data is not ready: " + "; ".join(problems))
@@ -334,17 +350,107 @@ def check_data(data: Mapping[str, Any], *, source: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ running
+def parse_add_action_units(value: Any, *, source: str) -> str | list[str]:
+    """Check ``[model] add_action_units``: ``"labelled"`` or a list of unit names.
+
+    Raises:
+        ConfigError: another value, or a unit outside the ones affectfpn learns.
+    """
+    from affectfpn.labels import ACTION_UNITS
+
+    if value == LABELLED_UNITS:
+        return LABELLED_UNITS
+    if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
+        raise ConfigError(
+            f'{source} add_action_units must be "{LABELLED_UNITS}" (every unit the training '
+            f'data labels) or a list of unit names such as ["AU4", "AU6"]; got {value!r}'
+        )
+    unknown = [u for u in value if u not in ACTION_UNITS]
+    if unknown:
+        raise ConfigError(
+            f"{source} add_action_units: {unknown} are not action units affectfpn learns; "
+            f"choose from {list(ACTION_UNITS)}"
+        )
+    return list(dict.fromkeys(value))
+
+
+def _carry_weights(start: Any, fresh: Any) -> list[str]:
+    """Load ``start``'s tensors into ``fresh`` where name and shape match, and the rows of its
+    AU head by unit name (so that a head with more, fewer or reordered units keeps what the
+    start knew of each unit it shares). Returns what was initialised afresh."""
+    own = fresh.state_dict()
+    theirs = start.state_dict()
+    shared = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+    new_rows: list[str] = []
+    if "heads.au.weight" in own:
+        old_units = list(start.config.action_units) if "heads.au.weight" in theirs else []
+        weight, bias = own["heads.au.weight"].clone(), own["heads.au.bias"].clone()
+        for i, unit in enumerate(fresh.config.action_units):
+            if unit in old_units:
+                j = old_units.index(unit)
+                weight[i], bias[i] = theirs["heads.au.weight"][j], theirs["heads.au.bias"][j]
+            else:
+                new_rows.append(unit)
+        shared["heads.au.weight"], shared["heads.au.bias"] = weight, bias
+    fresh.load_state_dict(shared, strict=False)
+    fresh_keys = sorted(set(own) - set(shared))
+    if new_rows and len(new_rows) < len(fresh.config.action_units):
+        fresh_keys.append(f"heads.au rows {', '.join(new_rows)}")
+    elif new_rows:
+        fresh_keys.append("heads.au")
+    return fresh_keys
+
+
+def data_units(dataset: Any) -> list[str]:
+    """The action units ``dataset`` holds labels for (ACTION_UNITS order); none for a dataset
+    that does not count its labels."""
+    from affectfpn.data.common import labelled_units
+
+    counts = getattr(dataset, "counts", None)
+    return labelled_units(counts()) if callable(counts) else []
+
+
+def add_action_units(model: Any, units: Sequence[str], *, start: str = "the start") -> Any:
+    """``model`` with ``units`` added to its AU head (an AU head added when it has none).
+
+    The start's units keep their outputs, in their order, with their weights; the new ones
+    follow, in the order given, initialised afresh. Units it already has are left as they are.
+    Returns ``model`` itself when nothing is added.
+    """
+    from affectfpn.models.affectfpn import AffectFPN
+
+    config = model.config
+    have = list(config.action_units) if "au" in config.tasks else []
+    new = [u for u in units if u not in have]
+    if not new:
+        return model
+    tasks = config.tasks if "au" in config.tasks else (*config.tasks, "au")
+    wanted = config.replace(tasks=tasks, action_units=(*have, *new))
+    fresh = AffectFPN(wanted)
+    _carry_weights(model, fresh)
+    logger.info(
+        "%s's AU head gains %s (new outputs, learnt from the training labels)%s",
+        start,
+        ", ".join(new),
+        f"; it keeps {', '.join(have)}" if have else "",
+    )
+    return fresh.train(model.training)
+
+
 def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> Any:
     """The model a recipe starts from: ``[model] init = ...`` or a fresh one from its config.
 
     With ``init`` (a registered model name, a folder or a Hub repo id), the other ``[model]``
     values change the pretrained configuration (for instance ``tasks``); every tensor whose name
     and shape still match is kept, the others (new heads) are initialised afresh, and heads of
-    tasks that were dropped are left out. ``add_tasks = ["va"]`` keeps the pretrained model's
-    tasks and adds these (a fine-tuning set that labels only valence/arousal keeps the start's
-    expression and action-unit heads). ``backbone_weights`` (``"imagenet"`` or a file; ``""``
-    or ``"none"`` for none) initialises the backbone of a fresh model and is ignored with
-    ``init``.
+    tasks that were dropped are left out; the AU head keeps the start's weights of every unit
+    it shares, by name. ``add_tasks = ["va"]`` keeps the pretrained model's tasks and adds these
+    (a fine-tuning set that labels only valence/arousal keeps the start's expression and
+    action-unit heads); ``add_action_units = ["AU4"]`` adds outputs to its AU head
+    (:func:`add_action_units`; ``"labelled"``, the units the training data labels, is resolved
+    by :func:`train_from_recipe`, which reads that data). ``backbone_weights`` (``"imagenet"``
+    or a file; ``""`` or ``"none"`` for none) initialises the backbone of a fresh model and is
+    ignored with ``init``.
     """
     from affectfpn.models.affectfpn import AffectFPN
     from affectfpn.recipes.trainer import seed_everything
@@ -356,6 +462,9 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
     init = table.pop("init", None)
     backbone_weights = table.pop("backbone_weights", None)
     add_tasks = table.pop("add_tasks", None)
+    add_units = table.pop("add_action_units", None)
+    if add_units is not None:
+        add_units = parse_add_action_units(add_units, source=f"{recipe.source} [model]")
     if isinstance(backbone_weights, str) and backbone_weights.lower() in ("", "none"):
         backbone_weights = None
     if tasks is not None:
@@ -396,14 +505,7 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
                 raise ConfigError(f"{recipe.source} [model]: {err}") from None
             if wanted != model.config:
                 fresh = AffectFPN(wanted)
-                own = fresh.state_dict()
-                shared = {
-                    k: v
-                    for k, v in model.state_dict().items()
-                    if k in own and own[k].shape == v.shape
-                }
-                fresh.load_state_dict(shared, strict=False)
-                new = sorted(set(own) - set(shared))
+                new = _carry_weights(model, fresh)
                 if any(not k.startswith("heads.") for k in new):
                     logger.warning(
                         "started from %s: %d tensors outside the heads do not match the new "
@@ -416,7 +518,13 @@ def model_from_recipe(recipe: Recipe, *, tasks: Sequence[str] | None = None) -> 
                     "started from %s; initialised afresh: %s", init, ", ".join(new) or "nothing"
                 )
                 model = fresh
+        if isinstance(add_units, list):
+            model = add_action_units(model, add_units, start=str(init))
         return model.train()
+    if add_units is not None:
+        raise ConfigError(
+            f"{recipe.source} [model] add_action_units needs [model] init (a pretrained start)"
+        )
     config = AffectFPNConfig.from_dict(table, source=f"{recipe.source} [model]")
     return AffectFPN(config, backbone_weights=backbone_weights)
 
@@ -454,6 +562,7 @@ def train_from_recipe(
     init = recipe.table("model").get("init")
     if settings.score_start is None:
         settings = dataclasses.replace(settings, score_start=init is not None)
+    built = model is None
     if model is None:
         model = model_from_recipe(recipe, tasks=tasks)
         if settings.distill_start and init is not None:
@@ -474,6 +583,16 @@ def train_from_recipe(
         )
     if train_set is None:
         raise ConfigError(f"{recipe.source}: [data] train lists no dataset")
+    added: list[str] = []
+    if built and init is not None and recipe.table("model").get("add_action_units") is not None:
+        if recipe.table("model")["add_action_units"] == LABELLED_UNITS:
+            model = add_action_units(model, data_units(train_set), start=str(init))
+        from affectfpn.models.affectfpn import AffectFPN
+
+        start = (teacher or AffectFPN.from_pretrained(str(init))).config
+        had = start.action_units if "au" in start.tasks else ()
+        if "au" in model.config.tasks:
+            added = [u for u in model.config.action_units if u not in had]
     if val_set is None:
         val_set = build_val_sets(
             data.get("val"),
@@ -499,4 +618,12 @@ def train_from_recipe(
     if trainer.dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "recipe.json").write_text(json.dumps(recipe.data, indent=2), encoding="utf-8")
-    return trainer.fit(resume=resume)
+    summary = trainer.fit(resume=resume)
+    if added and summary.get("best_epoch") == 0:
+        logger.warning(
+            "the new action units %s were not learnt: no epoch beat the start on the "
+            "validation data, so best/ holds the start, whose outputs for them are untrained "
+            "(more labelled faces or epochs may help)",
+            ", ".join(added),
+        )
+    return summary
