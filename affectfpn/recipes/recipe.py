@@ -31,6 +31,7 @@ from typing import Any
 from affectfpn.errors import ConfigError
 from affectfpn.recipes.stage import (
     Recipe,
+    add_action_units,
     build_dataset,
     build_datasets,
     check_stage_tables,
@@ -189,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 __all__ = [
     "Recipe",
+    "add_action_units",
     "build_dataset",
     "build_datasets",
     "check_stage_tables",
