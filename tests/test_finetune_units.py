@@ -236,3 +236,35 @@ def test_columns_of_units_affectfpn_cannot_learn_are_named(
     assert len(warned) == 1
     assert "AU05, AU9_c" in warned[0]
     assert "AU12_r" not in warned[0]  # an intensity column is not a unit's label
+
+
+def test_a_resumed_run_grows_the_same_head_and_loads_its_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The units are read from the data again on resume: last.pt loads into the same head."""
+    start = _start()
+    start.save_pretrained(tmp_path / "start")
+    train = _au4_faces(tmp_path / "faces", 8, offset=0, columns=("AU4",))
+    val = _au4_faces(tmp_path / "faces", 8, offset=100, columns=("AU4",))
+
+    def run() -> dict[str, object]:
+        return finetune(
+            train,
+            val,
+            init=tmp_path / "start",
+            output_dir=tmp_path / "run",
+            epochs=2,
+            batch_size=8,
+            replay_synthetic=0,
+            device="cpu",
+            num_workers=0,
+            progress=False,
+        )
+
+    first = run()
+    with caplog.at_level(logging.INFO):
+        second = run()
+    assert any("resumed from" in r.getMessage() for r in caplog.records)
+    assert second["best_epoch"] == first["best_epoch"]
+    model = AffectFPN.from_pretrained(tmp_path / "run" / "best")
+    assert model.config.action_units == ("AU1", "AU12", "AU4")
