@@ -9,6 +9,7 @@ Subcommands::
     affectfpn calibrate --val DATA fit the expression temperature on a validation set
     affectfpn train     RECIPE     run a training recipe (TOML)
     affectfpn finetune  TRAIN VAL  fine-tune a pretrained model on your own labelled faces
+    affectfpn crops     PHOTOS     cut the faces out of your photos as predict does (fine-tuning)
     affectfpn distill   --teacher  a teacher's soft labels for a dataset -> label CSV
     affectfpn soup      MODELS...  average the weights of trained model folders
     affectfpn teachers  COMMAND    external AU teachers: MediaPipe blendshapes, tables, agreement

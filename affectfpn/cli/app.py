@@ -14,6 +14,7 @@ from affectfpn._version import __version__
 from affectfpn.cli import (
     calibrate,
     corpus,
+    crops,
     distill,
     download,
     evaluate,
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_parser(command)
     train.add_parser(command)
     finetune.add_parser(command)
+    crops.add_parser(command)
     distill.add_parser(command)
     soup.add_parser(command)
     teachers.add_parser(command)

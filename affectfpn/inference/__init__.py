@@ -14,7 +14,7 @@ from affectfpn.inference.detectors import (
     get_detector,
 )
 from affectfpn.inference.draw import draw
-from affectfpn.inference.predictor import Predictor, predict, predict_iter
+from affectfpn.inference.predictor import FaceCrops, Predictor, predict, predict_iter
 from affectfpn.inference.results import (
     ActionUnits,
     Expression,
@@ -31,6 +31,7 @@ __all__ = [
     "CsvWriter",
     "Detection",
     "Expression",
+    "FaceCrops",
     "FaceDetector",
     "FacePrediction",
     "HaarDetector",

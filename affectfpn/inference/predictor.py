@@ -74,7 +74,7 @@ from affectfpn.io import (
 )
 from affectfpn.preprocess import normalize, resize_face
 
-__all__ = ["FACE_MODES", "ON_ERROR", "Predictor", "predict", "predict_iter"]
+__all__ = ["FACE_MODES", "ON_ERROR", "FaceCrops", "Predictor", "predict", "predict_iter"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,29 @@ class _Prepared:
     height: int
     crops: np.ndarray  # k x H x W x 3 uint8, k = number of faces (0 allowed)
     detections: list[Detection] | None  # None in crop mode
+
+
+@dataclass(frozen=True, slots=True)
+class FaceCrops:
+    """The faces of one input as the model sees them (:meth:`Predictor.face_crops`).
+
+    Attributes:
+        source: The input's name (a path's string, ``"<array 0>"``, ...).
+        width: The image's full width in pixels.
+        height: The image's full height in pixels.
+        crops: ``k x H x W x 3`` ``uint8`` RGB faces at the model's ``input_size``, aligned as
+            ``predict`` aligns them (``k = 0`` for an image without a face).
+        boxes: ``k`` face boxes ``(x1, y1, x2, y2)`` in the full image's pixels, best detector
+            score first (crop mode: the whole image).
+        scores: The ``k`` detector scores (crop mode: ``None``).
+    """
+
+    source: str
+    width: int
+    height: int
+    crops: np.ndarray
+    boxes: tuple[tuple[float, float, float, float], ...]
+    scores: tuple[float | None, ...]
 
 
 @dataclass(slots=True)
@@ -546,6 +569,46 @@ class Predictor:
         show = bool(progress)
         total = len(named_inputs) if show and isinstance(named_inputs, (list, tuple)) else None
         return self._run(iter(named_inputs), progress=show, total=total)
+
+    def face_crops(self, inputs: object) -> Iterator[FaceCrops]:
+        """The faces of each input as the model sees them, without running the model.
+
+        The same decoding, detection and alignment as :meth:`predict`, so a crop written to a
+        file and predicted with ``faces="crop"`` gives the prediction ``predict`` gives that
+        face in the photo (e.g. to prepare fine-tuning data from your own photos:
+        :func:`affectfpn.recipes.crops.crop_faces`). Inputs as for :meth:`predict`; an input
+        that cannot be read is handled by ``on_error``.
+        """
+        named = iter_sources(inputs, recursive=self.recursive)
+        workers = self.encoded_num_workers
+        prepared_items = _prefetch(named, self._prepare, workers, 2 + 2 * workers)
+        self.failures = []
+        try:
+            for prepared in prepared_items:
+                if isinstance(prepared, _Failed):
+                    if self.on_error == "raise":
+                        raise prepared.error
+                    self.failures.append((prepared.source, str(prepared.error)))
+                    logger.warning("skipped %s: %s", prepared.source, prepared.error)
+                    continue
+                if prepared.detections is None:
+                    boxes: tuple[tuple[float, float, float, float], ...] = (
+                        (0.0, 0.0, float(prepared.width), float(prepared.height)),
+                    )
+                    scores: tuple[float | None, ...] = (None,)
+                else:
+                    boxes = tuple(d.box for d in prepared.detections)
+                    scores = tuple(d.score for d in prepared.detections)
+                yield FaceCrops(
+                    prepared.source,
+                    prepared.width,
+                    prepared.height,
+                    prepared.crops,
+                    boxes,
+                    scores,
+                )
+        finally:
+            prepared_items.close()
 
     # ----------------------------------------------------------------------- pipeline
 
