@@ -132,6 +132,9 @@ def test_bad_sources_and_outputs_are_named(tmp_path: Path, model: AffectFPN) -> 
         crop_faces(tmp_path / "nopath.csv", tmp_path, model=model)
     with pytest.raises(ConfigError, match="faces must be"):
         crop_faces(photos, tmp_path / "out", model=model, faces="biggest")
+    shutil.copy(SINGLE, photos / "train" / "happy" / "single_face.png")  # beside .jpg
+    with pytest.raises(InputError, match="would both be cropped to"):
+        crop_faces(photos, tmp_path / "out", model=model)
 
 
 def test_an_unreadable_photo_is_reported_and_the_rest_are_cropped(

@@ -136,8 +136,9 @@ def crop_faces(
 
     Raises:
         ConfigError: a bad option, or ``output_dir`` inside a source folder.
-        InputError: ``source`` does not exist, holds no image, or is a CSV without a ``path``
-            column or with a path outside its root.
+        InputError: ``source`` does not exist, holds no image, holds two photos of one name
+            but for the extension, or is a CSV without a ``path`` column or with a path outside
+            its root.
     """
     from affectfpn.inference.predictor import Predictor
     from affectfpn.models.affectfpn import AffectFPN
@@ -178,6 +179,14 @@ def crop_faces(
         if not photos:
             raise InputError(f"{src} holds no image (searched recursively)")
     relative = {str(p): Path(os.path.relpath(p, base)) for p in photos}
+    seen: dict[Path, str] = {}
+    for photo, rel in relative.items():  # a.jpg and a.png would write the same a.png
+        other = seen.setdefault(rel.with_suffix(""), photo)
+        if other != photo:
+            raise InputError(
+                f"{other} and {photo} would both be cropped to {rel.with_suffix('.png')}: "
+                "rename one of them"
+            )
     written: dict[str, Path] = {}
     items = predictor.face_crops([str(p) for p in photos]) if photos else iter(())
     for item in items:
