@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -149,26 +150,28 @@ def _au4_faces(folder: Path, n: int, *, offset: int, columns: tuple[str, ...]) -
     return path
 
 
+def _finetune_tiny(train: Path, val: Path | None, tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    """Fine-tune the tiny start saved in ``tmp_path / "start"`` into ``tmp_path / "run"``:
+    CPU, no replay, one batch of 8 per step."""
+    settings: dict[str, Any] = {
+        "batch_size": 8,
+        "replay_synthetic": 0,
+        "device": "cpu",
+        "num_workers": 0,
+        "progress": False,
+        **changes,
+    }
+    return finetune(train, val, init=tmp_path / "start", output_dir=tmp_path / "run", **settings)
+
+
 def test_fine_tuning_learns_a_unit_the_start_lacks(tmp_path: Path) -> None:
     start = _start()
     start.save_pretrained(tmp_path / "start")
     columns = ("AU4", "AU12")
     train = _au4_faces(tmp_path / "faces", 32, offset=0, columns=columns)
     val = _au4_faces(tmp_path / "faces", 16, offset=100, columns=columns)
-    summary = finetune(
-        train,
-        val,
-        init=tmp_path / "start",
-        output_dir=tmp_path / "run",
-        epochs=4,
-        batch_size=8,
-        lr=0.05,
-        backbone_lr_scale=1.0,
-        warmup_epochs=0,
-        replay_synthetic=0,
-        device="cpu",
-        num_workers=0,
-        progress=False,
+    summary = _finetune_tiny(
+        train, val, tmp_path, epochs=4, lr=0.05, backbone_lr_scale=1.0, warmup_epochs=0
     )
     assert summary["best_epoch"] >= 1
     model = AffectFPN.from_pretrained(tmp_path / "run" / "best")
@@ -189,20 +192,7 @@ def test_no_new_units_leaves_the_head_as_it_was(tmp_path: Path) -> None:
     start = _start()
     start.save_pretrained(tmp_path / "start")
     train = _au4_faces(tmp_path / "faces", 8, offset=0, columns=("AU4", "AU12"))
-    finetune(
-        train,
-        None,
-        init=tmp_path / "start",
-        output_dir=tmp_path / "run",
-        add_action_units=(),
-        epochs=1,
-        batch_size=8,
-        replay_synthetic=0,
-        calibrate=False,
-        device="cpu",
-        num_workers=0,
-        progress=False,
-    )
+    _finetune_tiny(train, None, tmp_path, add_action_units=(), epochs=1, calibrate=False)
     assert AffectFPN.from_pretrained(tmp_path / "run" / "best").config.action_units == (
         "AU1",
         "AU12",
@@ -248,18 +238,7 @@ def test_a_resumed_run_grows_the_same_head_and_loads_its_checkpoint(
     val = _au4_faces(tmp_path / "faces", 8, offset=100, columns=("AU4",))
 
     def run() -> dict[str, object]:
-        return finetune(
-            train,
-            val,
-            init=tmp_path / "start",
-            output_dir=tmp_path / "run",
-            epochs=2,
-            batch_size=8,
-            replay_synthetic=0,
-            device="cpu",
-            num_workers=0,
-            progress=False,
-        )
+        return _finetune_tiny(train, val, tmp_path, epochs=2)
 
     first = run()
     with caplog.at_level(logging.INFO):
