@@ -634,6 +634,42 @@ def test_small_faces_are_cut_from_the_full_image(model: AffectFPN) -> None:
     assert detector.shrinks == [None]
 
 
+class _MidFaceDetector(_QuarterDetector):
+    """Shrinks by 4 and finds one face that the reduced image holds in 1 to 2 times the crop's
+    pixels per side: where the reduced decode's own filter would reach the crop."""
+
+    def detect(self, rgb: np.ndarray, *, shrink: float | None = None) -> list[Detection]:
+        self.shrinks.append(shrink)
+        return [Detection(box=(15, 15, 81, 81), score=0.9)]  # 264 px at full size
+
+
+def test_a_face_the_reduced_image_barely_holds_is_cut_from_the_full_image(
+    model: AffectFPN,
+) -> None:
+    """A JPEG decoded at a reduced size for the detector: a face cut from it without area
+    averaging carries the decoder's own, sharper shrink (on lfw-expressions val photos, 192 px
+    JPEGs at half size, the default read 0.801 against 0.870): it is cut from the full image."""
+    from affectfpn.inference.align import alignment_scale, alignment_transform
+    from affectfpn.inference.predictor import _Prepared
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    data = io.BytesIO()
+    Image.fromarray(rgb).save(data, "JPEG", quality=95)
+    predictor = Predictor(model, detector=_MidFaceDetector(), num_workers=0)
+    prepared = predictor._prepare(("photo", data.getvalue()))
+    assert isinstance(prepared, _Prepared)
+    assert prepared.detections is not None
+    (face,) = prepared.detections
+    size = model.config.input_size
+    config = model.config
+    matrix = alignment_transform(face, size, margin=config.align_margin, shift=config.align_shift)
+    assert 0.5 < alignment_scale(matrix) * 4 <= 1.0  # the case under test
+    full = load_image(data.getvalue()).rgb
+    expected = align_face(full, face, size, margin=config.align_margin, shift=config.align_shift)
+    np.testing.assert_array_equal(prepared.crops[0], expected)
+
+
 def test_encoded_photos_get_a_loader_thread_per_core(
     model: AffectFPN, monkeypatch: pytest.MonkeyPatch
 ) -> None:
