@@ -84,7 +84,7 @@ def _settings(items: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from affectfpn.recipes.finetune import finetune_recipe, new_action_units
-    from affectfpn.recipes.stage import check_data, train_from_recipe
+    from affectfpn.recipes.stage import inspect_data, train_from_recipe
 
     recipe = finetune_recipe(
         args.train,
@@ -95,11 +95,11 @@ def run(args: argparse.Namespace) -> int:
         add_action_units=() if args.no_new_units else "labelled",
         settings=_settings(args.overrides),
     )
-    lines = check_data(recipe.table("data"), source="affectfpn finetune")
+    found = inspect_data(recipe.table("data"), source="affectfpn finetune")
     if args.check:
-        start, units = new_action_units(recipe)
+        start, units = new_action_units(recipe, labelled=found.units.get("train", []))
         print(f"ready to fine-tune {start} into {recipe.output_dir}")
-        for line in lines:
+        for line in found.lines:
             print(f"  {line}")
         if units:
             print(

@@ -596,8 +596,7 @@ class Predictor:
                 if isinstance(prepared, _Failed):
                     if self.on_error == "raise":
                         raise prepared.error
-                    self.failures.append((prepared.source, str(prepared.error)))
-                    logger.warning("skipped %s: %s", prepared.source, prepared.error)
+                    self._skip(prepared)
                     continue
                 if prepared.detections is None:
                     boxes: tuple[tuple[float, float, float, float], ...] = (
@@ -619,6 +618,16 @@ class Predictor:
             prepared_items.close()
 
     # ----------------------------------------------------------------------- pipeline
+
+    def _skip(self, failed: _Failed) -> None:
+        """Record an unreadable input (``on_error="skip"``) and say so."""
+        message = str(failed.error)
+        self.failures.append((failed.source, message))
+        # The error itself is the argument: a front end may word it its own way.
+        if failed.source in message:  # the message names the input already
+            logger.warning("skipped: %s", failed.error)
+        else:
+            logger.warning("skipped %s: %s", failed.source, failed.error)
 
     def _progress_plan(self, inputs: object, progress: bool | None) -> tuple[bool, int | None]:
         """Whether to show a progress bar, and its total (``None``: unknown)."""
@@ -735,13 +744,7 @@ class Predictor:
                             bar.update(1)
                             yield self._finish(pending.popleft())
                         raise prepared.error
-                    message = str(prepared.error)
-                    self.failures.append((prepared.source, message))
-                    # The error itself is the argument: a front end may word it its own way.
-                    if prepared.source in message:  # the message names the input already
-                        logger.warning("skipped: %s", prepared.error)
-                    else:
-                        logger.warning("skipped %s: %s", prepared.source, prepared.error)
+                    self._skip(prepared)
                     continue
                 count = len(prepared.crops)
                 record = _Pending(prepared, [()] * count, count)

@@ -162,18 +162,15 @@ def finetune_recipe(
     )
 
 
-def new_action_units(recipe: Recipe) -> tuple[str, list[str]]:
+def new_action_units(
+    recipe: Recipe, *, labelled: Sequence[str] | None = None
+) -> tuple[str, list[str]]:
     """What a fine-tuning recipe adds to its start's AU head: ``(start, units)``, the units
     its training data labels (or its ``add_action_units`` lists) that the start lacks. Reads
-    the start's weights and lists the training data (decoding no image)."""
+    the start's weights and, unless ``labelled`` gives the training data's units (as
+    :func:`~affectfpn.recipes.stage.inspect_data` found them), lists that data."""
     from affectfpn.models.affectfpn import AffectFPN
-    from affectfpn.recipes.stage import (
-        LABELLED_UNITS,
-        _spec_list,
-        build_datasets,
-        data_units,
-        parse_add_action_units,
-    )
+    from affectfpn.recipes.stage import LABELLED_UNITS, inspect_data, parse_add_action_units
 
     table = recipe.table("model")
     start = str(table["init"])
@@ -182,12 +179,10 @@ def new_action_units(recipe: Recipe) -> tuple[str, list[str]]:
         return start, []
     wanted = parse_add_action_units(value, source=f"{recipe.source} [model]")
     if wanted == LABELLED_UNITS:
-        source = f"{recipe.source} [data.train]"
-        specs = [  # list the files, decode nothing (as check_data does)
-            {**spec, "cache": False} if "cache" in spec else spec
-            for spec in _spec_list(recipe.table("data").get("train"), source)
-        ]
-        wanted = data_units(build_datasets(specs, transform=None, source=source))
+        if labelled is None:
+            train = {"train": recipe.table("data").get("train")}
+            labelled = inspect_data(train, source=recipe.source).units.get("train", [])
+        wanted = list(labelled)
     config = AffectFPN.from_pretrained(start).config
     have = config.action_units if "au" in config.tasks else ()
     return start, [u for u in wanted if u not in have]

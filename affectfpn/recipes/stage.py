@@ -296,21 +296,42 @@ def build_val_sets(
     }
 
 
+@dataclass(frozen=True)
+class DataCheck:
+    """What :func:`inspect_data` found.
+
+    Attributes:
+        lines: One line per dataset: its split, type, sample count and label counts.
+        units: Per split, the action units its datasets hold labels for (ACTION_UNITS order).
+    """
+
+    lines: list[str]
+    units: dict[str, list[str]]
+
+
 def check_data(data: Mapping[str, Any], *, source: str) -> list[str]:
     """Open every dataset of a ``[data]`` table (listing files, decoding nothing) and count its
     labels: what ``affectfpn train --check`` reports before a run starts.
 
     Returns:
-        One line per dataset: its split, type, sample count and label counts.
+        One line per dataset: its split, type, sample count and label counts
+        (:attr:`DataCheck.lines` of :func:`inspect_data`).
 
     Raises:
         ConfigError: every dataset that is missing, empty or holds no label, each named with
             its path and the fix, in one message.
     """
+    return inspect_data(data, source=source).lines
+
+
+def inspect_data(data: Mapping[str, Any], *, source: str) -> DataCheck:
+    """:func:`check_data`, also giving the action units each split labels."""
     from affectfpn.data.common import labelled_units
     from affectfpn.errors import AffectFPNError
+    from affectfpn.labels import ACTION_UNITS
 
     lines: list[str] = []
+    labelled_by_split: dict[str, set[str]] = {}
     problems: list[str] = []
     for split in DATA_KEYS:
         specs = _spec_list(data.get(split), f"{source} [data.{split}]")
@@ -338,6 +359,7 @@ def check_data(data: Mapping[str, Any], *, source: str) -> list[str]:
                 continue
             name = f" {spec['name']}" if spec.get("name") else ""
             units = labelled_units(counts)
+            labelled_by_split.setdefault(split, set()).update(units)
             shown = ", ".join(
                 f"{t} {c}" + (f" ({', '.join(units)})" if t == "au" and units else "")
                 for t, c in labelled.items()
@@ -346,7 +368,10 @@ def check_data(data: Mapping[str, Any], *, source: str) -> list[str]:
             lines.append(f"{split}{name}: {spec.get('type')} with {n} samples; labels: {shown}")
     if problems:
         raise ConfigError("the recipe's data is not ready: " + "; ".join(problems))
-    return lines
+    by_split = {
+        split: [u for u in ACTION_UNITS if u in found] for split, found in labelled_by_split.items()
+    }
+    return DataCheck(lines, by_split)
 
 
 # ------------------------------------------------------------------------------------ running
@@ -553,6 +578,7 @@ def train_from_recipe(
     Returns:
         :meth:`~affectfpn.recipes.trainer.Trainer.fit`'s summary.
     """
+    from affectfpn.models.affectfpn import AffectFPN
     from affectfpn.preprocess import eval_transform
     from affectfpn.recipes.augment import BatchAugment
     from affectfpn.recipes.trainer import Trainer
@@ -567,8 +593,6 @@ def train_from_recipe(
         model = model_from_recipe(recipe, tasks=tasks)
         if settings.distill_start and init is not None:
             # Held to the start as it was loaded (its own heads, not the new model's fresh ones).
-            from affectfpn.models.affectfpn import AffectFPN
-
             teacher = AffectFPN.from_pretrained(str(init))
     data = recipe.table("data")
     try:
@@ -587,8 +611,7 @@ def train_from_recipe(
     if built and init is not None and recipe.table("model").get("add_action_units") is not None:
         if recipe.table("model")["add_action_units"] == LABELLED_UNITS:
             model = add_action_units(model, data_units(train_set), start=str(init))
-        from affectfpn.models.affectfpn import AffectFPN
-
+        # the start's own units (read again only where no teacher was loaded: distill_start off)
         start = (teacher or AffectFPN.from_pretrained(str(init))).config
         had = start.action_units if "au" in start.tasks else ()
         if "au" in model.config.tasks:
